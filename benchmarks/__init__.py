@@ -1,0 +1,1 @@
+"""Benchmarks run by scripts/bench: one module per stage, named bench_<stage>.py."""

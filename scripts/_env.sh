@@ -1,0 +1,30 @@
+# Shared by scripts/demo, scripts/test and scripts/bench: find Python >= 3.11 and make .venv.
+# Usage: source scripts/_env.sh; ensure_venv '.[test]'
+
+find_python() {
+  local candidate
+  for candidate in "${PYTHON:-}" python3.13 python3.12 python3.11 python3; do
+    [ -n "$candidate" ] || continue
+    if command -v "$candidate" >/dev/null 2>&1 &&
+       "$candidate" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)' 2>/dev/null; then
+      command -v "$candidate"
+      return 0
+    fi
+  done
+  echo "error: Python 3.11 or newer is needed (set PYTHON=/path/to/python3.11)" >&2
+  return 1
+}
+
+ensure_venv() {
+  local spec="$1"
+  if [ ! -x .venv/bin/python ]; then
+    local python
+    python=$(find_python)
+    echo "creating .venv with $python" >&2
+    "$python" -m venv .venv
+  fi
+  # quiet unless something goes wrong; re-running is cheap when everything is installed
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check -e "$spec" 2>&1 \
+    | grep -v -E '^(WARNING: Location|DEPRECATION)' >&2 || true
+  .venv/bin/python -c 'import tradecli' || { echo "error: installing tradecli failed" >&2; return 1; }
+}

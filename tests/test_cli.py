@@ -1,0 +1,79 @@
+"""The command line: help, version, usage errors, one-line errors, diagnostics and summaries."""
+
+from __future__ import annotations
+
+import orjson
+from conftest import ROOT, invoke, ndjson_records, run_trade, sim_args
+
+from tradecli import __version__
+
+
+def test_version() -> None:
+    result = invoke(["--version"])
+    assert result.exit_code == 0
+    assert result.stdout.strip() == f"trade {__version__}"
+
+
+def test_python_dash_m_and_help() -> None:
+    result = run_trade("--help")
+    assert result.returncode == 0
+    assert b"ingest" in result.stdout
+
+
+def test_stage_help_has_example() -> None:
+    result = invoke(["ingest", "--help"])
+    assert result.exit_code == 0
+    assert "Example:" in result.stdout
+
+
+def test_usage_error_exits_2() -> None:
+    result = invoke(["ingest", "--source", "nope"])
+    assert result.exit_code == 2
+    result = invoke(["ingest", "--speed", "2"])  # --speed belongs to --source file
+    assert result.exit_code == 2
+    assert "--speed" in result.stderr
+    result = invoke(["ingest", "--source", "file"])
+    assert result.exit_code == 2
+
+
+def test_missing_file_is_one_line_error() -> None:
+    result = invoke(["ingest", "--source", "file", "/nonexistent/ticks.ndjson"])
+    assert result.exit_code == 74
+    lines = result.stderr.strip().splitlines()
+    assert lines[0] == "trade ingest: error: cannot read /nonexistent/ticks.ndjson: No such file or directory"
+    assert "Traceback" not in result.stderr
+
+
+def test_debug_shows_traceback() -> None:
+    result = run_trade("ingest", "--source", "file", "/nonexistent/x.ndjson", "--debug")
+    assert result.returncode != 0
+    assert b"Traceback" in result.stderr
+
+
+def test_summary_and_quiet() -> None:
+    result = invoke(sim_args(10))
+    assert result.exit_code == 0
+    assert len(ndjson_records(result.stdout_bytes)) == 10
+    assert result.stderr.startswith("trade ingest: 10 in, 10 out, 0 rejected in ")
+    quiet = invoke([*sim_args(10), "--quiet"])
+    assert quiet.stderr == ""
+
+
+def test_json_log_format() -> None:
+    result = invoke([*sim_args(3), "--log-format", "json"])
+    entries = [orjson.loads(line) for line in result.stderr.splitlines()]
+    assert entries[-1]["level"] == "info"
+    assert entries[-1]["stage"] == "ingest"
+    assert entries[-1]["records_out"] == 3
+    bad = invoke(["ingest", "--source", "file", "-", "--log-format", "json"], input=b'{"price": "abc"}\n')
+    first = orjson.loads(bad.stderr.splitlines()[0])
+    assert first["level"] == "reject"
+    assert first["line"] == 1
+    assert first["field"] == "price"
+
+
+def test_readme_quick_start_is_two_commands() -> None:
+    readme = (ROOT / "README.md").read_text()
+    quick = readme.split("## Quick start", 1)[1].split("##", 1)[0]
+    commands = [line.strip() for line in quick.splitlines() if line.strip().startswith("scripts/")]
+    assert commands == ["scripts/demo", "scripts/test"]

@@ -1,0 +1,34 @@
+"""Entry point for the ``trade`` console script and ``python -m tradecli``."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from importlib.machinery import ModuleSpec
+from types import ModuleType
+
+
+class _WithoutPandas:
+    """pyarrow probes for pandas the first time it converts Python objects. No stage uses pandas,
+    and importing it (when it happens to be installed) would add 0.25 s to every stage's start-up,
+    so the ``trade`` process declines it. Library users importing tradecli are not affected."""
+
+    @staticmethod
+    def find_spec(
+        name: str, path: Sequence[str] | None = None, target: ModuleType | None = None
+    ) -> ModuleSpec | None:
+        if name == "pandas":
+            raise ModuleNotFoundError("pandas is not used by the trade command", name=name)
+        return None
+
+
+def main() -> None:
+    if "pandas" not in sys.modules:
+        sys.meta_path.insert(0, _WithoutPandas)  # type: ignore[arg-type]
+    from tradecli.cli import app
+
+    app(prog_name="trade")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,327 @@
+"""NDJSON <-> Arrow record batches, a block of lines at a time.
+
+Decoding takes a fast path and a careful one. The fast path hands the whole block to Arrow's C++
+JSON reader. If that refuses the block (a line that is not JSON, an array instead of an object,
+a price written as "abc", a field whose type changes between lines), the careful path parses line by
+line with orjson, so that one bad line costs that line and nothing else, and says which line and
+which field.
+
+Encoding writes compact objects, one per line, and leaves out null fields (a trade line carries no
+``bid``). Rows are grouped by which of their fields are null, each group is written by polars'
+NDJSON writer (its float formatting is several times faster than anything we could do in Python
+or with Arrow's string casts), and the lines are put back in their original order with one Arrow
+``take``.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.json as pajson
+
+from tradecli.records import FIELD_TYPES, STR, TIMESTAMP, _coerce_scalar, _expected, field_error
+
+# What the C++ reader may be told up front: plain scalars. Timestamps stay inferred because
+# they arrive as ns, ms or ISO text; normalise() turns them all into ns.
+_EXPLICIT = pa.schema(
+    [
+        (name, STR if pa.types.is_dictionary(t) else t)
+        for name, t in FIELD_TYPES.items()
+        if t != TIMESTAMP and not pa.types.is_list(t)
+    ]
+)
+_PARSE = pajson.ParseOptions(explicit_schema=_EXPLICIT, unexpected_field_behavior="infer")
+_EXPLICIT_NAMES = frozenset(_EXPLICIT.names)
+MAX_LINE = 1 << 20  # a longer line is rejected, never parsed
+
+
+@dataclass
+class LineReject:
+    """A rejected line: its number in the input, the reason, and the raw text for --errors."""
+
+    line: int
+    reason: str
+    raw: bytes
+    field: str | None = None
+
+
+@dataclass
+class Decoded:
+    batches: list[pa.RecordBatch] = field(default_factory=list)
+    line_numbers: list[np.ndarray] = field(default_factory=list)  # input line of each row
+    rejects: list[LineReject] = field(default_factory=list)
+
+
+def _line_spans(block: bytes) -> tuple[np.ndarray, np.ndarray]:
+    """Start and end (exclusive, without the newline) of every line in the block."""
+    data = np.frombuffer(block, dtype=np.uint8)
+    ends = np.flatnonzero(data == 10)
+    if len(block) and block[-1:] != b"\n":
+        ends = np.append(ends, len(block))
+    starts = np.concatenate(([0], ends[:-1] + 1)) if len(ends) else np.zeros(0, dtype=np.int64)
+    return starts.astype(np.int64), ends.astype(np.int64)
+
+
+def _blank_lines(block: bytes, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """Which lines hold nothing but whitespace (the C++ reader skips them silently)."""
+    data = np.frombuffer(block, dtype=np.uint8)
+    content = np.flatnonzero(~np.isin(data, (9, 10, 13, 32)))
+    first_content = np.searchsorted(content, starts)
+    has = first_content < len(content)
+    has[has] = content[first_content[has]] < ends[has]
+    return ~has
+
+
+def _drop_absent_known(table: pa.Table) -> pa.Table:
+    """The explicit schema makes every known field appear; drop those no line actually had."""
+    keep = [
+        i
+        for i, name in enumerate(table.schema.names)
+        if name not in _EXPLICIT_NAMES or table.column(i).null_count < table.num_rows
+    ]
+    return table.select(keep) if len(keep) != table.num_columns else table
+
+
+def decode(block: bytes, first_line: int) -> Decoded:
+    """Parse a block of whole lines; ``first_line`` is the input line number of its first line."""
+    out = Decoded()
+    if not block:
+        return out
+    starts, ends = _line_spans(block)
+    longest = int((ends - starts).max()) if len(ends) else 0
+    if longest > MAX_LINE:
+        return _decode_careful(block, starts, ends, first_line)
+    try:
+        table = pajson.read_json(
+            io.BytesIO(block),
+            read_options=pajson.ReadOptions(
+                block_size=max(1 << 20, longest + 2), use_threads=len(block) > (1 << 20)
+            ),
+            parse_options=_PARSE,
+        )
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+        return _decode_careful(block, starts, ends, first_line)
+    lines = np.arange(first_line, first_line + len(starts), dtype=np.int64)
+    if table.num_rows != len(starts):
+        blank = _blank_lines(block, starts, ends)
+        for i in np.flatnonzero(blank):
+            out.rejects.append(LineReject(int(lines[i]), "empty line", b""))
+        lines = lines[~blank]
+        if table.num_rows != len(lines):  # should not happen; be careful rather than wrong
+            return _decode_careful(block, starts, ends, first_line)
+    table = _drop_absent_known(table)
+    for batch in table.combine_chunks().to_batches(max_chunksize=None) or []:
+        out.batches.append(batch)
+        out.line_numbers.append(lines[: batch.num_rows])
+        lines = lines[batch.num_rows :]
+    return out
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, str):
+        return "a string"
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    return "a number"
+
+
+def _decode_careful(block: bytes, starts: np.ndarray, ends: np.ndarray, first_line: int) -> Decoded:
+    out = Decoded()
+    rows: list[dict[str, Any]] = []
+    row_lines: list[int] = []
+    for i, (start, end) in enumerate(zip(starts.tolist(), ends.tolist(), strict=True)):
+        line_no = first_line + i
+        if end - start > MAX_LINE:
+            out.rejects.append(LineReject(line_no, f"line is longer than {MAX_LINE:,} bytes; skipped", b""))
+            continue
+        raw = block[start:end]
+        if raw.endswith(b"\r"):
+            raw = raw[:-1]
+        if not raw.strip():
+            out.rejects.append(LineReject(line_no, "empty line", raw))
+            continue
+        try:
+            value = orjson.loads(raw)
+        except orjson.JSONDecodeError as err:
+            reason = str(err).split(":", 1)[0]
+            if "UTF-8" in str(err) or "utf-8" in str(err):
+                reason = "not valid UTF-8"
+            elif end == len(block) and not block.endswith(b"\n"):
+                reason = f"truncated line, not valid JSON ({reason})"
+            else:
+                reason = f"not valid JSON ({reason})"
+            out.rejects.append(LineReject(line_no, reason, raw))
+            continue
+        if not isinstance(value, dict):
+            out.rejects.append(LineReject(line_no, f"expected a JSON object, got {_kind(value)}", raw))
+            continue
+        problem = _coerce_known(value)
+        if problem is not None:
+            out.rejects.append(LineReject(line_no, problem[1], raw, problem[0]))
+            continue
+        rows.append(value)
+        row_lines.append(line_no)
+    for batch, lines in _build(rows, np.asarray(row_lines, dtype=np.int64)):
+        out.batches.append(batch)
+        out.line_numbers.append(lines)
+    return out
+
+
+def _coerce_known(record: dict[str, Any]) -> tuple[str, str] | None:
+    """Convert known fields in place; (field, reason) for the first one that cannot be."""
+    for name, value in record.items():
+        target = FIELD_TYPES.get(name)
+        if target is None or value is None:
+            continue
+        if target == TIMESTAMP:  # normalise() reads the value; here only its JSON type matters
+            if isinstance(value, bool) or not isinstance(value, int | float | str):
+                return name, field_error(name, value, _expected(target))
+            continue
+        try:
+            record[name] = _coerce_scalar(value, target)
+        except (ValueError, TypeError, OverflowError):
+            return name, field_error(name, value, _expected(target))
+    return None
+
+
+def _build(rows: list[dict[str, Any]], lines: np.ndarray) -> Iterable[tuple[pa.RecordBatch, np.ndarray]]:
+    """Columns from dicts. A field whose values do not share a type splits the rows in two."""
+    if not rows:
+        return
+    names: dict[str, None] = {}
+    for row in rows:
+        names.update(dict.fromkeys(row))
+    columns = []
+    try:
+        for name in names:
+            values = [row.get(name) for row in rows]
+            target = FIELD_TYPES.get(name)
+            if target is not None and target != TIMESTAMP:
+                columns.append(pa.array(values, type=STR if pa.types.is_dictionary(target) else target))
+            else:
+                columns.append(pa.array(values))
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
+        if len(rows) == 1:
+            # a lone row whose nested value Arrow cannot type: keep it as JSON text
+            columns = [
+                pa.array(
+                    [
+                        orjson.dumps(rows[0].get(n)).decode()
+                        if n not in FIELD_TYPES
+                        and not isinstance(rows[0].get(n), str | int | float | bool | None)
+                        else rows[0].get(n)
+                    ]
+                )
+                for n in names
+            ]
+            yield pa.record_batch(columns, names=list(names)), lines
+            return
+        half = len(rows) // 2
+        yield from _build(rows[:half], lines[:half])
+        yield from _build(rows[half:], lines[half:])
+        return
+    yield pa.record_batch(columns, names=list(names)), lines
+
+
+# ---------------------------------------------------------------------------------------------
+# Encoding
+
+
+def _prepare(batch: pa.RecordBatch) -> tuple[list[str], list[pa.Array]]:
+    """Drop all-null columns; make every column something polars writes as JSON we want."""
+    names: list[str] = []
+    columns: list[pa.Array] = []
+    for name, col in zip(batch.schema.names, batch.columns, strict=True):
+        if col.null_count == len(col):
+            continue
+        t = col.type
+        if pa.types.is_timestamp(t):
+            col = (
+                col.cast(pa.timestamp("ns", tz=t.tz)).cast(pa.int64())
+                if t.unit != "ns"
+                else col.cast(pa.int64())
+            )
+        elif pa.types.is_dictionary(t):
+            if not pa.types.is_string(t.value_type):
+                col = col.dictionary_decode()
+        elif pa.types.is_floating(t):
+            finite = pc.is_finite(col)
+            if finite.false_count:
+                col = pc.if_else(finite, col, pa.scalar(None, t))
+                if col.null_count == len(col):
+                    continue
+        elif pa.types.is_binary(t) or pa.types.is_large_binary(t):
+            col = col.cast(pa.large_string())
+        elif pa.types.is_date(t) or pa.types.is_time(t) or pa.types.is_duration(t):
+            col = col.cast(STR)
+        names.append(name)
+        columns.append(col)
+    return names, columns
+
+
+def warm_up() -> None:
+    """Import polars in the background (0.3 s) while the stage waits for its first batch."""
+    import sys
+    import threading
+
+    if "polars" not in sys.modules:
+        threading.Thread(target=__import__, args=("polars",), name="import-polars", daemon=True).start()
+
+
+def _write_polars(names: Sequence[str], columns: Sequence[pa.Array]) -> bytes:
+    import polars as pl
+
+    sink = io.BytesIO()
+    pl.from_arrow(pa.table(list(columns), names=list(names))).write_ndjson(sink)  # type: ignore[union-attr]
+    return bytes(sink.getvalue())
+
+
+def encode(batch: pa.RecordBatch) -> bytes:
+    """Compact NDJSON for every row of the batch, nulls left out, ``\\n`` after each line."""
+    if batch.num_rows == 0:
+        return b""
+    names, columns = _prepare(batch)
+    if not names:
+        return b"{}\n" * int(batch.num_rows)
+    nullable = [i for i, col in enumerate(columns) if col.null_count]
+    if not nullable:
+        return _write_polars(names, columns)
+    signature = np.zeros(batch.num_rows, dtype=np.int64)
+    for bit, i in enumerate(nullable[:62]):
+        signature |= (~np.asarray(columns[i].is_valid())).astype(np.int64) << bit
+    if len(nullable) > 62:  # pathological width: write those rows one group per row
+        signature = np.arange(batch.num_rows, dtype=np.int64)
+    groups, inverse = np.unique(signature, return_inverse=True)
+    pieces: list[pa.Array] = []
+    order: list[np.ndarray] = []
+    table = pa.table(columns, names=names)
+    for g in range(len(groups)):
+        rows = np.flatnonzero(inverse == g)
+        sub = table if len(groups) == 1 else table.take(pa.array(rows))
+        keep = [i for i in range(len(names)) if sub.column(i).null_count < sub.num_rows]
+        if not keep:
+            blob = b"{}\n" * len(rows)
+        else:
+            blob = _write_polars([names[i] for i in keep], [sub.column(i).combine_chunks() for i in keep])
+        line_ends = np.flatnonzero(np.frombuffer(blob, dtype=np.uint8) == 10) + 1
+        offsets = np.concatenate(([0], line_ends)).astype(np.int64)
+        pieces.append(pa.LargeStringArray.from_buffers(len(rows), pa.py_buffer(offsets), pa.py_buffer(blob)))
+        order.append(rows)
+    lines = pa.concat_arrays(pieces)
+    position = np.empty(batch.num_rows, dtype=np.int64)
+    position[np.concatenate(order)] = np.arange(batch.num_rows)
+    ordered = pc.take(lines, pa.array(position))
+    offsets = np.frombuffer(ordered.buffers()[1], dtype=np.int64)
+    start, end = int(offsets[ordered.offset]), int(offsets[ordered.offset + len(ordered)])
+    return bytes(ordered.buffers()[2].slice(start, end - start).to_pybytes())

@@ -1,0 +1,531 @@
+"""The records of DESIGN.md section 2: field types, and the checks every reader applies.
+
+One flat record per event. Known fields have one Arrow type each, whatever the record type, so
+batches of trades, quotes and signals can share columns; a field we do not know passes through
+with the type the reader inferred. Readers call :func:`normalise` on every batch: it casts known
+fields, turns every accepted timestamp spelling into ns since the epoch, fills in a missing
+``type`` where the fields make it obvious, and splits off the rows that break a rule, each with
+a reason that names the field.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+WIRE_VERSION = "1"
+
+DICT_STRING = pa.dictionary(pa.int32(), pa.string())
+TIMESTAMP = pa.timestamp("ns", tz="UTC")
+F64 = pa.float64()
+I64 = pa.int64()
+STR = pa.string()
+
+# Every field name with a fixed meaning. Quantities of shares are whole numbers; prices are doubles.
+FIELD_TYPES: dict[str, pa.DataType] = {
+    # common to all records
+    "type": DICT_STRING,
+    "symbol": DICT_STRING,
+    "timestamp": TIMESTAMP,
+    "recv_ts": TIMESTAMP,
+    "source": DICT_STRING,
+    "prev_close": F64,
+    # trade
+    "price": F64,
+    "volume": I64,
+    "exchange": I64,
+    "conditions": pa.list_(I64),
+    "trade_id": STR,
+    # quote
+    "bid": F64,
+    "ask": F64,
+    "bid_size": I64,
+    "ask_size": I64,
+    "bid_exchange": I64,
+    "ask_exchange": I64,
+    # bar
+    "open": F64,
+    "high": F64,
+    "low": F64,
+    "close": F64,
+    "vwap": F64,
+    "trades": I64,
+    "end_ts": TIMESTAMP,
+    # signal (screen)
+    "strategy": STR,
+    "side": STR,
+    "signal_type": STR,
+    "confidence": F64,
+    "entry_price": F64,
+    "stop_loss": F64,
+    "target": F64,
+    "rr_ratio": F64,
+    "message": STR,
+    # alert receipt (alert)
+    "alert_id": STR,
+    "channel": STR,
+    "status": STR,
+    "attempts": I64,
+    "latency_ms": F64,
+    "error": STR,
+}
+
+TIMESTAMP_FIELDS = frozenset(k for k, t in FIELD_TYPES.items() if t == TIMESTAMP)
+MARKET_TYPES = ("trade", "quote", "bar")
+
+# Plausible event times: 1971-01-01 .. 2200-01-01 in ns. A year-3000 stamp is a data error.
+MIN_TS_NS = 31_536_000 * 10**9
+MAX_TS_NS = 7_258_118_400 * 10**9
+
+
+def from_numpy(
+    values: np.ndarray, mask: np.ndarray | None = None, type: pa.DataType | None = None
+) -> pa.Array:
+    """A numeric or boolean numpy array as an Arrow array, zero-copy where possible.
+
+    ``pa.array(ndarray)`` probes for pandas on every call, and importing pandas (when installed)
+    adds a quarter of a second to a stage's start-up; building from buffers skips the probe.
+    ``mask`` marks nulls, as in ``pa.array``.
+    """
+    values = np.ascontiguousarray(values)
+    if values.dtype == np.bool_:
+        data = pa.py_buffer(np.packbits(values, bitorder="little"))
+        arrow_type = type or pa.bool_()
+    else:
+        data = pa.py_buffer(values)
+        arrow_type = type or pa.from_numpy_dtype(values.dtype)
+    validity = None
+    null_count = 0
+    if mask is not None:
+        mask = np.asarray(mask, dtype=bool)
+        null_count = int(mask.sum())
+        if null_count:
+            validity = pa.py_buffer(np.packbits(~mask, bitorder="little"))
+    return pa.Array.from_buffers(arrow_type, len(values), [validity, data], null_count=null_count)
+
+
+def to_numpy(arr: pa.Array | pa.ChunkedArray, fill: float | int | None = None) -> np.ndarray:
+    """Values of a numeric column as numpy (nulls as ``fill``, else NaN for floats)."""
+    if fill is not None and arr.null_count:
+        arr = arr.fill_null(fill)
+    return np.asarray(arr.to_numpy(zero_copy_only=False))
+
+
+@dataclass(frozen=True)
+class Reject:
+    """One rejected row: where it was, which field, and why."""
+
+    row: int
+    reason: str
+    field: str | None = None
+
+
+def describe(value: Any) -> str:
+    """Render an offending value for an error message: short, quoted when text."""
+    if isinstance(value, str):
+        text = value if len(value) <= 40 else value[:37] + "..."
+        return '"' + text.replace('"', '\\"') + '"'
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def field_error(field: str, value: Any, expected: str) -> str:
+    return f"field '{field}' is {describe(value)}, expected {expected}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Coercion of one column to its canonical type
+
+
+def _expected(target: pa.DataType) -> str:
+    if pa.types.is_floating(target):
+        return "a number"
+    if pa.types.is_integer(target):
+        return "a whole number"
+    if pa.types.is_list(target):
+        return "a list of whole numbers"
+    if target == TIMESTAMP:
+        return "a time between 1971 and 2200 (ns, us, ms or s since the epoch, or ISO-8601)"
+    return "text"
+
+
+def _coerce_scalar(value: Any, target: pa.DataType) -> Any:
+    """Python-level conversion for the rare values the vectorised cast refused. Raises ValueError."""
+    if value is None:
+        return None
+    if pa.types.is_floating(target):
+        if isinstance(value, bool):
+            raise ValueError
+        if isinstance(value, int | float):
+            return float(value)
+        if isinstance(value, str):
+            return float(value.strip())
+        raise ValueError
+    if pa.types.is_integer(target):
+        if isinstance(value, bool):
+            raise ValueError
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            number = float(value.strip())
+            if number.is_integer():
+                return int(number)
+        raise ValueError
+    if pa.types.is_list(target):
+        if not isinstance(value, list):
+            raise ValueError
+        return [_coerce_scalar(v, target.value_type) for v in value]
+    if pa.types.is_string(target) or pa.types.is_dictionary(target):
+        if isinstance(value, str):
+            return value
+        # ids may arrive as numbers (Alpaca's trade ids); names (type, symbol, source) may not
+        if pa.types.is_string(target) and isinstance(value, int | float) and not isinstance(value, bool):
+            return str(value)
+        raise ValueError
+    raise ValueError
+
+
+def coerce_values(values: Sequence[Any], target: pa.DataType) -> tuple[pa.Array, dict[int, Any]]:
+    """Convert Python values one by one; returns the array and {row: bad value} for failures."""
+    out: list[Any] = []
+    bad: dict[int, Any] = {}
+    for i, value in enumerate(values):
+        try:
+            out.append(_coerce_scalar(value, target))
+        except (ValueError, TypeError, OverflowError):
+            out.append(None)
+            bad[i] = value
+    value_type = STR if pa.types.is_dictionary(target) else target
+    return pa.array(out, type=value_type), bad
+
+
+def _to_timestamp(arr: pa.Array) -> tuple[pa.Array, dict[int, Any]]:
+    """Any accepted spelling of a time to timestamp[ns, UTC].
+
+    Integers are read by magnitude (s, ms, us or ns since the epoch), floats as seconds, text as
+    ISO-8601 (a missing offset means UTC). Values that fit none of these are reported as bad.
+    """
+    t = arr.type
+    if pa.types.is_timestamp(t):
+        return arr.cast(TIMESTAMP), {}  # a naive timestamp is read as UTC
+    if pa.types.is_integer(t) or pa.types.is_floating(t):
+        values = np.asarray(arr.to_numpy(zero_copy_only=False), dtype=np.float64)
+        mag = np.abs(values)
+        scale = np.where(mag < 1e11, 1e9, np.where(mag < 1e14, 1e6, np.where(mag < 1e17, 1e3, 1.0)))
+        if pa.types.is_integer(t):
+            ints = np.asarray(arr.fill_null(0).to_numpy(zero_copy_only=False), dtype=np.int64)
+            ns = ints * scale.astype(np.int64)
+            # ns-scale ints keep every digit; scaling smaller units is exact in int64 as well
+            overflow = (scale > 1) & (mag >= 9.2e18 / np.maximum(scale, 1))
+        else:
+            finite = np.isfinite(values)
+            with np.errstate(invalid="ignore", over="ignore"):
+                scaled = np.where(finite, values * scale, 0.0)
+            overflow = ~finite | (np.abs(scaled) >= 9.2e18)
+            ns = np.where(overflow, 0, scaled).astype(np.int64)
+        bad_rows = np.flatnonzero(overflow & np.asarray(arr.is_valid()))
+        out = from_numpy(ns, mask=~np.asarray(arr.is_valid()) | overflow)
+        bad = {int(i): arr[int(i)].as_py() for i in bad_rows}
+        return out.cast(TIMESTAMP), bad
+    if pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_dictionary(t):
+        text = arr.cast(STR) if not pa.types.is_string(t) else arr
+        for zone_type in (TIMESTAMP, pa.timestamp("ns")):  # with an offset, then naive (= UTC)
+            try:
+                return pc.cast(text, zone_type).cast(TIMESTAMP), {}
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                pass
+        values = text.to_pylist()
+        out_values: list[int | None] = []
+        bad_map: dict[int, Any] = {}
+        for i, value in enumerate(values):
+            parsed = _parse_time_text(value)
+            if parsed is None and value is not None:
+                bad_map[i] = value
+            out_values.append(parsed)
+        return pa.array(out_values, type=pa.int64()).cast(TIMESTAMP), bad_map
+    values = arr.to_pylist()
+    return pa.nulls(len(arr), TIMESTAMP), {i: v for i, v in enumerate(values) if v is not None}
+
+
+def _parse_time_text(value: str | None) -> int | None:
+    if value is None:
+        return None
+    text = value.strip()
+    try:
+        number = float(text)
+    except ValueError:
+        pass
+    else:
+        arr, bad = _to_timestamp(pa.array([int(number) if number.is_integer() else number]))
+        return None if bad else arr.cast(pa.int64())[0].as_py()  # type: ignore[no-any-return]
+    for candidate in (text, text.replace(" ", "T", 1)):
+        try:
+            scalar = pc.cast(pa.array([candidate]), TIMESTAMP)
+            return scalar.cast(pa.int64())[0].as_py()  # type: ignore[no-any-return]
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            pass
+        try:
+            naive = pc.cast(pa.array([candidate]), pa.timestamp("ns"))
+            return naive.cast(pa.int64())[0].as_py()  # type: ignore[no-any-return]
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            pass
+    return None
+
+
+def coerce_column(arr: pa.Array, target: pa.DataType) -> tuple[pa.Array, dict[int, Any]]:
+    """Cast one column to its canonical type, vectorised; values that cannot be cast are reported.
+
+    Returns the converted column (bad values nulled) and {row: original value} of the failures.
+    """
+    if arr.type == target:
+        return arr, {}
+    if target == TIMESTAMP:
+        return _to_timestamp(arr)
+    if pa.types.is_null(arr.type):
+        return pa.nulls(len(arr), target), {}
+    if pa.types.is_dictionary(target):
+        if pa.types.is_dictionary(arr.type) and pa.types.is_string(arr.type.value_type):
+            return arr.cast(target), {}
+        if pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type):
+            return pc.dictionary_encode(arr.cast(STR)).cast(target), {}
+    elif pa.types.is_integer(target) and pa.types.is_floating(arr.type):
+        values = arr.to_numpy(zero_copy_only=False)
+        with np.errstate(invalid="ignore"):
+            whole = np.isfinite(values) & (np.floor(values) == values) & (np.abs(values) < 9e18)
+        valid = np.asarray(arr.is_valid())
+        if bool(np.all(whole | ~valid)):
+            return from_numpy(np.where(whole, values, 0).astype(np.int64), mask=~valid), {}
+    else:
+        try:
+            return arr.cast(target), {}
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+            pass
+    out, bad = coerce_values(arr.to_pylist(), target)
+    if pa.types.is_dictionary(target):
+        out = pc.dictionary_encode(out).cast(target)
+    return out, bad
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation and normalisation of a whole batch
+
+
+def _infer_type(batch: pa.RecordBatch) -> pa.Array:
+    """A record without ``type`` is a trade if it has a price, a quote if bid/ask, a bar if OHLC."""
+    n = batch.num_rows
+    names = set(batch.schema.names)
+    out = np.full(n, None, dtype=object)
+
+    def has(field: str) -> np.ndarray:
+        if field not in names:
+            return np.zeros(n, dtype=bool)
+        return np.asarray(batch.column(field).is_valid())
+
+    out[has("close") & has("open")] = "bar"
+    out[(has("bid") | has("ask")) & (out == None)] = "quote"  # noqa: E711 - elementwise
+    out[has("price") & (out == None)] = "trade"  # noqa: E711
+    return pa.array(out, type=STR)
+
+
+def _column(batch: pa.RecordBatch, name: str) -> pa.Array | None:
+    index = batch.schema.get_field_index(name)
+    return None if index < 0 else batch.column(index)
+
+
+def _mask_rows(mask: np.ndarray, reason_for: Any, rejects: dict[int, Reject], field: str) -> None:
+    for i in np.flatnonzero(mask):
+        row = int(i)
+        if row not in rejects:
+            rejects[row] = Reject(row, reason_for(row), field)
+
+
+def _check_prices(
+    batch: pa.RecordBatch,
+    fields: Sequence[str],
+    rows: np.ndarray,
+    rejects: dict[int, Reject],
+    *,
+    allow_zero: bool = False,
+) -> None:
+    for field in fields:
+        col = _column(batch, field)
+        if col is None:
+            continue
+        values = col.to_numpy(zero_copy_only=False)
+        valid = np.asarray(col.is_valid())
+        with np.errstate(invalid="ignore"):
+            ok = np.isfinite(values) & ((values >= 0) if allow_zero else (values > 0))
+        bad = rows & valid & ~ok
+        if bad.any():
+            expected = "a finite number >= 0" if allow_zero else "a finite positive number"
+            _mask_rows(
+                bad, lambda r, c=col, f=field, e=expected: field_error(f, c[r].as_py(), e), rejects, field
+            )
+
+
+def _check_required(
+    batch: pa.RecordBatch, fields: Sequence[str], rows: np.ndarray, rejects: dict[int, Reject], kind: str
+) -> None:
+    for field in fields:
+        col = _column(batch, field)
+        missing = rows if col is None else rows & ~np.asarray(col.is_valid())
+        if missing.any():
+            _mask_rows(
+                missing, lambda r, f=field: f"field '{f}' is missing ({kind} records need it)", rejects, field
+            )
+
+
+def _check_nonnegative(
+    batch: pa.RecordBatch, fields: Sequence[str], rows: np.ndarray, rejects: dict[int, Reject]
+) -> None:
+    for field in fields:
+        col = _column(batch, field)
+        if col is None:
+            continue
+        values = col.to_numpy(zero_copy_only=False)
+        valid = np.asarray(col.is_valid())
+        with np.errstate(invalid="ignore"):
+            bad = rows & valid & ~(values >= 0)
+        if bad.any():
+            _mask_rows(
+                bad, lambda r, c=col, f=field: field_error(f, c[r].as_py(), "a number >= 0"), rejects, field
+            )
+
+
+def _validate(batch: pa.RecordBatch, rejects: dict[int, Reject]) -> None:
+    n = batch.num_rows
+    everything = np.ones(n, dtype=bool)
+    type_col = batch.column("type").cast(STR)
+    types = np.asarray(type_col.to_numpy(zero_copy_only=False), dtype=object)
+    missing_type = ~np.asarray(type_col.is_valid())
+    _mask_rows(
+        missing_type,
+        lambda r: "field 'type' is missing and the fields do not say which record this is",
+        rejects,
+        "type",
+    )
+    empty_type = np.asarray(pc.equal(type_col, "").fill_null(False))
+    _mask_rows(empty_type, lambda r: field_error("type", "", "a record type"), rejects, "type")
+
+    symbol = _column(batch, "symbol")
+    is_market = np.isin(types, MARKET_TYPES)
+    if is_market.any():
+        _check_required(batch, ["symbol", "timestamp"], is_market, rejects, "market")
+    if symbol is not None:
+        text = symbol.cast(STR)
+        blank = np.asarray(pc.equal(pc.utf8_trim_whitespace(text), "").fill_null(False))
+        _mask_rows(blank, lambda r: field_error("symbol", "", "a ticker"), rejects, "symbol")
+
+    for field in TIMESTAMP_FIELDS:
+        col = _column(batch, field)
+        if col is None:
+            continue
+        ns = col.cast(pa.int64()).to_numpy(zero_copy_only=False)
+        valid = np.asarray(col.is_valid())
+        with np.errstate(invalid="ignore"):
+            bad = valid & ((ns < MIN_TS_NS) | (ns >= MAX_TS_NS))
+        if bad.any():
+            _mask_rows(
+                bad,
+                lambda r, c=col, f=field: (
+                    f"field '{f}' is {_render_ts(c, r)}, expected a time between 1971 and 2200"
+                ),
+                rejects,
+                field,
+            )
+
+    trades = types == "trade"
+    if trades.any():
+        _check_required(batch, ["price"], trades, rejects, "trade")
+        _check_prices(batch, ["price"], trades, rejects)
+        _check_nonnegative(batch, ["volume"], trades, rejects)
+    quotes = types == "quote"
+    if quotes.any():
+        _check_prices(batch, ["bid", "ask"], quotes, rejects, allow_zero=True)
+        _check_nonnegative(batch, ["bid_size", "ask_size"], quotes, rejects)
+        bid, ask = _column(batch, "bid"), _column(batch, "ask")
+        if bid is None and ask is None:
+            _check_required(batch, ["bid"], quotes, rejects, "quote")
+    bars = types == "bar"
+    if bars.any():
+        _check_required(batch, ["open", "high", "low", "close"], bars, rejects, "bar")
+        _check_prices(batch, ["open", "high", "low", "close"], bars, rejects)
+        _check_nonnegative(batch, ["volume"], bars, rejects)
+        high, low = _column(batch, "high"), _column(batch, "low")
+        if high is not None and low is not None:
+            with np.errstate(invalid="ignore"):
+                inverted = bars & (high.to_numpy(zero_copy_only=False) < low.to_numpy(zero_copy_only=False))
+            _mask_rows(
+                inverted,
+                lambda r: f"field 'high' is {high[r].as_py()}, below 'low' {low[r].as_py()}",
+                rejects,
+                "high",
+            )
+    _check_prices(batch, ["prev_close"], everything, rejects)
+
+
+def _render_ts(col: pa.Array, row: int) -> str:
+    ns = col.cast(pa.int64())[row].as_py()
+    seconds = ns / 1e9
+    year = 1970 + seconds / 31_556_952
+    return f"{ns} ns (about the year {year:.0f})"
+
+
+def normalise(batch: pa.RecordBatch) -> tuple[pa.RecordBatch, list[Reject]]:
+    """Cast known fields, fill in ``type``, check the rules; return good rows and the rejects.
+
+    Rows keep their order. Unknown fields pass through untouched. Rejects come back sorted by row.
+    """
+    rejects: dict[int, Reject] = {}
+    columns: list[pa.Array] = []
+    names: list[str] = []
+    for name, col in zip(batch.schema.names, batch.columns, strict=True):
+        target = FIELD_TYPES.get(name)
+        if target is not None and col.type != target:
+            col, bad = coerce_column(col, target)
+            for row, value in bad.items():
+                rejects.setdefault(row, Reject(row, field_error(name, value, _expected(target)), name))
+        columns.append(col)
+        names.append(name)
+    if "type" not in names:
+        columns.insert(0, _infer_type(pa.record_batch(columns, names=names)).dictionary_encode())
+        names.insert(0, "type")
+    else:
+        i = names.index("type")
+        if columns[i].null_count:
+            inferred = _infer_type(pa.record_batch(columns, names=names))
+            columns[i] = pc.coalesce(columns[i].cast(STR), inferred).dictionary_encode()
+    symbol_index = names.index("symbol") if "symbol" in names else -1
+    if symbol_index >= 0:
+        columns[symbol_index] = _upper_symbols(columns[symbol_index])
+    out = pa.record_batch(columns, names=names)
+    _validate(out, rejects)
+    if not rejects:
+        return out, []
+    keep = np.ones(out.num_rows, dtype=bool)
+    keep[list(rejects)] = False
+    return out.filter(pa.array(keep)), [rejects[r] for r in sorted(rejects)]
+
+
+def _upper_symbols(col: pa.Array) -> pa.Array:
+    """Tickers are upper case; work on the dictionary, not on every row."""
+    if pa.types.is_dictionary(col.type):
+        upper = pc.utf8_upper(pc.utf8_trim_whitespace(col.dictionary))
+        if upper.equals(col.dictionary):
+            return col
+        return pc.take(upper, col.indices).dictionary_encode().cast(DICT_STRING)
+    return pc.utf8_upper(col)
+
+
+def empty_batch() -> pa.RecordBatch:
+    return pa.record_batch([], schema=pa.schema([]))

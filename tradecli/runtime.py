@@ -1,0 +1,182 @@
+"""How a stage process lives and ends: signals, exit codes, one-line errors, the closing summary.
+
+Every stage command runs its core inside :func:`stage_session`, which maps every way of ending to
+the exit codes of DESIGN.md section 5:
+
+* the downstream reader closed the pipe -> 141, silently (like a SIGPIPE kill, minus the traceback);
+* SIGINT / SIGTERM -> finish the batch in hand, flush, close the output, then 130 / 143;
+* a :class:`~tradecli.errors.TradeError` -> ``trade <stage>: error: <message>`` and its code;
+* anything else -> one line and 1 (``--debug`` or ``TRADECLI_DEBUG=1`` shows the traceback).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from types import FrameType
+from typing import Any
+
+import typer
+
+from tradecli.errors import Stopped, TradeError
+from tradecli.exitcodes import ExitCode
+from tradecli.log import Log
+
+
+class Stopper:
+    """Turns SIGINT/SIGTERM into :class:`Stopped`, but only where stopping is safe.
+
+    While a stage blocks waiting for input (or sleeps to pace output) the signal stops it at once.
+    Anywhere else it is remembered, and the stage stops at its next :meth:`check` - after the batch
+    in hand has been written, so no half-written NDJSON line or Arrow message reaches the pipe.
+    A second signal stops the stage immediately.
+    """
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._blocking = 0
+        self._previous: dict[int, Any] = {}
+
+    def install(self) -> None:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            with suppress(ValueError):  # not the main thread (a core called from a thread)
+                self._previous[signum] = signal.signal(signum, self._handle)
+
+    def uninstall(self) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous.clear()
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        first = self.signum is None
+        self.signum = signum
+        if self._blocking or not first:
+            raise Stopped(signum)
+
+    def check(self) -> None:
+        if self.signum is not None:
+            raise Stopped(self.signum)
+
+    @contextmanager
+    def blocking(self) -> Iterator[None]:
+        """Mark a wait (read, sleep) during which a signal may stop the stage immediately."""
+        self.check()
+        self._blocking += 1
+        try:
+            yield
+        finally:
+            self._blocking -= 1
+
+    def sleep(self, seconds: float) -> None:
+        if seconds > 0:
+            with self.blocking():
+                time.sleep(seconds)
+
+
+@dataclass
+class Counters:
+    records_in: int = 0
+    records_out: int = 0
+    rejected: int = 0
+    extra: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class Session:
+    """What a running stage shares with its reader, writer and core."""
+
+    stage: str
+    log: Log
+    stopper: Stopper
+    debug: bool = False
+    counters: Counters = field(default_factory=Counters)
+    started: float = field(default_factory=time.monotonic)
+    closers: list[Callable[[], None]] = field(default_factory=list)
+
+    def on_close(self, closer: Callable[[], None]) -> None:
+        """Run at the end however the stage ends (except a closed pipe): flush, seal, save state."""
+        self.closers.append(closer)
+
+    def close(self) -> None:
+        """Run every closer, newest first; re-raise the first failure after all have run."""
+        first: BaseException | None = None
+        while self.closers:
+            try:
+                self.closers.pop()()
+            except BaseException as exc:
+                first = first or exc
+        if first is not None:
+            raise first
+
+
+def debug_enabled(flag: bool) -> bool:
+    return flag or os.environ.get("TRADECLI_DEBUG", "") not in ("", "0")
+
+
+def _silence_stdout() -> None:
+    """After EPIPE, point fd 1 at /dev/null so the interpreter's final flush cannot fail again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):
+        pass
+
+
+def exit_code_for(ending: BaseException | None, session: Session) -> tuple[int, bool]:
+    """The exit code for how the stage ended, and whether to end without a summary."""
+    if ending is None:
+        return ExitCode.OK, False
+    if isinstance(ending, BrokenPipeError):
+        _silence_stdout()
+        return ExitCode.DOWNSTREAM_CLOSED, True
+    if isinstance(ending, Stopped):
+        return (ExitCode.SIGINT if ending.signum == signal.SIGINT else ExitCode.SIGTERM), False
+    if isinstance(ending, KeyboardInterrupt):
+        return ExitCode.SIGINT, False
+    if isinstance(ending, TradeError):
+        session.log.error(str(ending))
+        return ending.exit_code, False
+    session.log.error(f"{type(ending).__name__}: {ending}" if str(ending) else type(ending).__name__)
+    return ExitCode.FAILURE, False
+
+
+@contextmanager
+def stage_session(
+    stage: str, *, log_format: str = "text", quiet: bool = False, debug: bool = False, summary: bool = True
+) -> Iterator[Session]:
+    """Run a stage; always ends with ``typer.Exit`` carrying the right code."""
+    log = Log(stage, fmt=log_format, quiet=quiet)
+    stopper = Stopper()
+    session = Session(stage, log, stopper, debug=debug_enabled(debug))
+    stopper.install()
+    ending: BaseException | None = None
+    try:
+        try:
+            yield session
+        except (typer.Exit, typer.Abort):
+            raise
+        except BaseException as exc:  # every way of ending maps to an exit code below
+            ending = exc
+        try:
+            session.close()
+        except BaseException as exc:
+            if ending is None or isinstance(ending, Stopped | KeyboardInterrupt):
+                ending = exc
+    finally:
+        stopper.uninstall()
+    if (
+        session.debug
+        and ending is not None
+        and not isinstance(ending, BrokenPipeError | Stopped | KeyboardInterrupt)
+    ):
+        raise ending
+    code, quiet_end = exit_code_for(ending, session)
+    if summary and not quiet_end:
+        c = session.counters
+        log.summary(c.records_in, c.records_out, c.rejected, session.started, **c.extra)
+    raise typer.Exit(int(code))
