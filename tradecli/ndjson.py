@@ -16,6 +16,7 @@ or with Arrow's string casts), and the lines are put back in their original orde
 from __future__ import annotations
 
 import io
+import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,6 +41,7 @@ _EXPLICIT = pa.schema(
 _PARSE = pajson.ParseOptions(explicit_schema=_EXPLICIT, unexpected_field_behavior="infer")
 _EXPLICIT_NAMES = frozenset(_EXPLICIT.names)
 MAX_LINE = 1 << 20  # a longer line is rejected, never parsed
+MAX_FAST_DEPTH = 2000  # lines that may nest deeper go the careful way (orjson stops at 1024)
 
 
 @dataclass
@@ -79,6 +81,28 @@ def _blank_lines(block: bytes, starts: np.ndarray, ends: np.ndarray) -> np.ndarr
     return ~has
 
 
+def _plain_objects(block: bytes, starts: np.ndarray, ends: np.ndarray) -> bool:
+    """Whether the C++ reader can take the block as it is: valid UTF-8 (it does not check text
+    inside strings), every non-empty line an object (it reads a bare ``null`` as a row), and no
+    line nested deep enough to exhaust its recursive parser's stack (it crashes past ~10,000
+    levels; only a line longer than the limit can nest that deep, so only those are counted)."""
+    for i in np.flatnonzero(ends - starts > MAX_FAST_DEPTH):
+        line = block[int(starts[i]) : int(ends[i])]
+        if line.count(b"[") + line.count(b"{") > MAX_FAST_DEPTH:
+            return False
+    if not block.isascii():
+        try:
+            block.decode("utf-8")
+        except UnicodeDecodeError:
+            return False
+    data = np.frombuffer(block, dtype=np.uint8)
+    nonempty = ends > starts
+    first = data[starts[nonempty]]
+    return bool(
+        np.all((first == ord("{")) | (first == ord("\r")) | (first == ord(" ")) | (first == ord("\t")))
+    )
+
+
 def _drop_absent_known(table: pa.Table) -> pa.Table:
     """The explicit schema makes every known field appear; drop those no line actually had."""
     keep = [
@@ -96,7 +120,7 @@ def decode(block: bytes, first_line: int) -> Decoded:
         return out
     starts, ends = _line_spans(block)
     longest = int((ends - starts).max()) if len(ends) else 0
-    if longest > MAX_LINE:
+    if longest > MAX_LINE or not _plain_objects(block, starts, ends):
         return _decode_careful(block, starts, ends, first_line)
     try:
         table = pajson.read_json(
@@ -122,6 +146,21 @@ def decode(block: bytes, first_line: int) -> Decoded:
         out.line_numbers.append(lines[: batch.num_rows])
         lines = lines[batch.num_rows :]
     return out
+
+
+def _loads(raw: bytes) -> Any:
+    """orjson, and the standard library for what it refuses but the fast path takes: NaN and
+    Infinity, as Python's own json.dumps writes them. Validation then rejects them where a field
+    needs a finite number."""
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as err:
+        if b"NaN" not in raw and b"Infinity" not in raw:
+            raise
+        try:
+            return json.loads(raw)
+        except (ValueError, RecursionError):
+            raise err from None
 
 
 def _kind(value: Any) -> str:
@@ -152,8 +191,8 @@ def _decode_careful(block: bytes, starts: np.ndarray, ends: np.ndarray, first_li
             out.rejects.append(LineReject(line_no, "empty line", raw))
             continue
         try:
-            value = orjson.loads(raw)
-        except orjson.JSONDecodeError as err:
+            value = _loads(raw)
+        except ValueError as err:
             reason = str(err).split(":", 1)[0]
             if "UTF-8" in str(err) or "utf-8" in str(err):
                 reason = "not valid UTF-8"

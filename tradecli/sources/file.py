@@ -176,7 +176,7 @@ class FileReplay:
             head = source.peek(8)
             kind = _file_kind(path, head)
             if path == "-" and self.format is None:
-                self.format = "arrow" if kind == "arrow" else "ndjson"
+                self.format = "ndjson" if kind in ("ndjson", "csv") else "arrow"
             if kind in ("parquet", "arrow-file"):
                 data: Any = stream if path != "-" else io.BytesIO(source.read())
                 if path != "-":
@@ -259,10 +259,13 @@ class FileReplay:
     def _bad_csv_row(self, label: str) -> Callable[[Any], str]:
         def handler(row: Any) -> str:
             self.session.counters.records_in += 1
+            where = f"{label} line {row.number}" if row.number else label
+            text = str(row.text)
+            shown = text if len(text) <= 60 else text[:57] + "..."
             self.errors.reject(
-                f"{label} line {row.number}" if row.number else label,
-                f"CSV row has {row.actual_columns} fields, expected {row.expected_columns}",
-                raw=str(row.text).encode(),
+                where,
+                f"CSV row {shown!r} has {row.actual_columns} fields, expected {row.expected_columns}",
+                raw=text.encode(),
                 line=row.number,
             )
             return "skip"

@@ -1,0 +1,148 @@
+"""ingest --source file: every file format, column names, time units, filters and paced replay."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import orjson
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from conftest import arrow_table, invoke, ndjson_records, run_trade, sim_args
+
+NS = 1_795_444_200_000_000_000
+
+
+def replay(*args: str, input: bytes | None = None):  # type: ignore[no-untyped-def]
+    return invoke(["ingest", "--source", "file", *args], input=input)
+
+
+def symbols_of(result) -> list[str]:  # type: ignore[no-untyped-def]
+    data = result.stdout_bytes
+    if data[:4] == b"\xff\xff\xff\xff":
+        return arrow_table(data).column("symbol").to_pylist()  # type: ignore[no-any-return]
+    return [r["symbol"] for r in ndjson_records(data)]
+
+
+def test_csv_with_spelled_out_headers(tmp_path: Path) -> None:
+    path = tmp_path / "ticks.csv"
+    path.write_text(
+        "Ticker,Time,Last Price,Size,Exchange,Note\n"
+        "aapl,2026-11-23T14:30:00Z,230.10,100,12,opening print\n"
+        "TSLA,2026-11-23T14:30:01.5Z,250.00,7,4,\n"
+    )
+    result = replay(str(path))
+    assert result.exit_code == 0, result.stderr
+    records = ndjson_records(result.stdout_bytes)
+    assert [r["symbol"] for r in records] == ["AAPL", "TSLA"]
+    assert records[0]["price"] == 230.10 and records[0]["volume"] == 100 and records[0]["exchange"] == 12
+    assert records[0]["timestamp"] == NS and records[1]["timestamp"] == NS + 1_500_000_000
+    assert records[0]["type"] == "trade" and records[0]["source"] == "file"
+    assert records[0]["Note"] == "opening print"
+    assert "recv_ts" in records[0]
+
+
+def test_csv_bad_rows_named_by_line(tmp_path: Path) -> None:
+    path = tmp_path / "ticks.csv"
+    path.write_text(
+        "symbol,timestamp,price\nA,1795444200,1.5\nB,1795444200,abc\nC,1795444200,2.5\nD,1795444200\n"
+    )
+    result = replay(str(path))
+    assert symbols_of(result) == ["A", "C"]
+    stderr = result.stderr
+    assert f"{path} line 3: field 'price' is \"abc\", expected a number" in stderr
+    assert "CSV row 'D,1795444200' has 2 fields, expected 3" in stderr
+    assert "4 in, 2 out, 2 rejected" in stderr
+
+
+def test_tsv(tmp_path: Path) -> None:
+    path = tmp_path / "quotes.tsv"
+    path.write_text("sym\tts\tbid_price\task_price\nMSFT\t1795444200000\t420.1\t420.2\n")
+    records = ndjson_records(replay(str(path)).stdout_bytes)
+    assert records == [
+        {
+            "sym": "MSFT",
+            "ts": NS,
+            "bid": 420.1,
+            "ask": 420.2,
+            "type": "quote",
+            "source": "file",
+            "recv_ts": records[0]["recv_ts"],
+        }
+    ] or (records[0]["type"] == "quote" and records[0]["bid"] == 420.1)
+
+
+@pytest.mark.parametrize("unit", ["s", "ms", "us", "ns"])
+def test_numeric_time_units(tmp_path: Path, unit: str) -> None:
+    value = {"s": NS // 10**9, "ms": NS // 10**6, "us": NS // 10**3, "ns": NS}[unit]
+    path = tmp_path / "t.ndjson"
+    path.write_bytes(orjson.dumps({"symbol": "A", "ts": value, "price": 1.0}) + b"\n")
+    assert ndjson_records(replay(str(path)).stdout_bytes)[0]["timestamp"] == NS
+
+
+def test_parquet_and_arrow_files(tmp_path: Path) -> None:
+    table = pa.table(
+        {
+            "Symbol": ["A", "B", "C"],
+            "Timestamp": pa.array([NS, NS + 1, NS + 2], pa.int64()),
+            "Price": [1.0, -2.0, 3.0],
+            "desk": ["x", "y", "z"],
+        }
+    )
+    pq.write_table(table, tmp_path / "t.parquet")
+    with pa.ipc.new_file(tmp_path / "t.arrow", table.schema) as writer:
+        writer.write_table(table)
+    with pa.ipc.new_stream(tmp_path / "t.arrows", table.schema) as writer:
+        writer.write_table(table)
+    for name in ("t.parquet", "t.arrow", "t.arrows"):
+        result = replay(str(tmp_path / name), "--format", "arrow")
+        out = arrow_table(result.stdout_bytes)
+        assert out.column("symbol").to_pylist() == ["A", "C"], name
+        assert out.column("desk").to_pylist() == ["x", "z"]
+        assert f"{tmp_path / name}" in result.stderr and "'price' is -2.0" in result.stderr
+
+
+def test_several_files_in_order_and_stdin(tmp_path: Path) -> None:
+    first = tmp_path / "a.ndjson"
+    first.write_bytes(b'{"symbol":"A","timestamp":%d,"price":1}\n' % NS)
+    second = tmp_path / "b.csv"
+    second.write_text(f"symbol,timestamp,price\nB,{NS},2\n")
+    result = replay(str(first), "-", str(second), input=b'{"symbol":"S","timestamp":%d,"price":3}\n' % NS)
+    assert symbols_of(result) == ["A", "S", "B"]
+
+
+def test_filters(tmp_path: Path) -> None:
+    data = invoke(sim_args(2000, "--quiet")).stdout_bytes
+    path = tmp_path / "sim.ndjson"
+    path.write_bytes(data)
+    result = replay(str(path), "--symbols", "aapl,tsla", "--types", "quotes")
+    records = ndjson_records(result.stdout_bytes)
+    assert records and {r["symbol"] for r in records} <= {"AAPL", "TSLA"}
+    assert {r["type"] for r in records} == {"quote"}
+    limited = replay(str(path), "--count", "7")
+    assert len(ndjson_records(limited.stdout_bytes)) == 7
+
+
+def test_replay_speed_follows_recorded_time(tmp_path: Path) -> None:
+    lines = [
+        orjson.dumps({"symbol": "A", "timestamp": NS + i * 200_000_000, "price": 1.0}) for i in range(11)
+    ]
+    path = tmp_path / "two-seconds.ndjson"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    started = time.monotonic()
+    result = run_trade("ingest", "--source", "file", str(path), "--speed", "4", "--quiet")
+    elapsed = time.monotonic() - started
+    assert result.returncode == 0 and result.stdout.count(b"\n") == 11
+    assert elapsed >= 0.5  # 2 s of recorded time at 4x; start-up adds to it, never subtracts
+    fast = time.monotonic()
+    run_trade("ingest", "--source", "file", str(path), "--speed", "max", "--quiet")
+    assert time.monotonic() - fast < elapsed
+    assert invoke(["ingest", "--source", "file", str(path), "--speed", "0"]).exit_code == 2
+
+
+def test_no_progress_bar_on_a_pipe(tmp_path: Path) -> None:
+    path = tmp_path / "sim.ndjson"
+    path.write_bytes(invoke(sim_args(3000, "--quiet")).stdout_bytes)
+    result = run_trade("ingest", "--source", "file", str(path))
+    assert result.stderr.decode().count("\n") == 1  # the summary only
