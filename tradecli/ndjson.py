@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,19 +27,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pajson
 
-from tradecli.records import FIELD_TYPES, STR, TIMESTAMP, _coerce_scalar, _expected, field_error
+from tradecli.records import FIELD_TYPES, STR, TIMESTAMP, _coerce_scalar, _expected, field_error, from_numpy
 
-# What the C++ reader may be told up front: plain scalars. Timestamps stay inferred because
-# they arrive as ns, ms or ISO text; normalise() turns them all into ns.
-_EXPLICIT = pa.schema(
-    [
-        (name, STR if pa.types.is_dictionary(t) else t)
-        for name, t in FIELD_TYPES.items()
-        if t != TIMESTAMP and not pa.types.is_list(t)
-    ]
-)
-_PARSE = pajson.ParseOptions(explicit_schema=_EXPLICIT, unexpected_field_behavior="infer")
-_EXPLICIT_NAMES = frozenset(_EXPLICIT.names)
+# The C++ reader infers types itself: telling it every known field up front makes it fill each
+# row with nulls for fields that row lacks, and halves its speed. normalise() casts afterwards.
+PARSE_BLOCK = 512 << 10  # the C++ reader's chunk; smaller chunks spread better over threads
 MAX_LINE = 1 << 20  # a longer line is rejected, never parsed
 MAX_FAST_DEPTH = 2000  # lines that may nest deeper go the careful way (orjson stops at 1024)
 
@@ -103,16 +95,6 @@ def _plain_objects(block: bytes, starts: np.ndarray, ends: np.ndarray) -> bool:
     )
 
 
-def _drop_absent_known(table: pa.Table) -> pa.Table:
-    """The explicit schema makes every known field appear; drop those no line actually had."""
-    keep = [
-        i
-        for i, name in enumerate(table.schema.names)
-        if name not in _EXPLICIT_NAMES or table.column(i).null_count < table.num_rows
-    ]
-    return table.select(keep) if len(keep) != table.num_columns else table
-
-
 def decode(block: bytes, first_line: int) -> Decoded:
     """Parse a block of whole lines; ``first_line`` is the input line number of its first line."""
     out = Decoded()
@@ -126,9 +108,8 @@ def decode(block: bytes, first_line: int) -> Decoded:
         table = pajson.read_json(
             io.BytesIO(block),
             read_options=pajson.ReadOptions(
-                block_size=max(1 << 20, longest + 2), use_threads=len(block) > (1 << 20)
+                block_size=max(PARSE_BLOCK, longest + 2), use_threads=len(block) > PARSE_BLOCK
             ),
-            parse_options=_PARSE,
         )
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
         return _decode_careful(block, starts, ends, first_line)
@@ -140,7 +121,6 @@ def decode(block: bytes, first_line: int) -> Decoded:
         lines = lines[~blank]
         if table.num_rows != len(lines):  # should not happen; be careful rather than wrong
             return _decode_careful(block, starts, ends, first_line)
-    table = _drop_absent_known(table)
     for batch in table.combine_chunks().to_batches(max_chunksize=None) or []:
         out.batches.append(batch)
         out.line_numbers.append(lines[: batch.num_rows])
@@ -309,21 +289,38 @@ def _prepare(batch: pa.RecordBatch) -> tuple[list[str], list[pa.Array]]:
     return names, columns
 
 
-def warm_up() -> None:
-    """Import polars in the background (0.3 s) while the stage waits for its first batch."""
+def warm_up() -> Callable[[], None]:
+    """Import polars in the background (0.3 s) while the stage waits for its first batch.
+
+    Returns a function that waits for the import to finish: call it before the process exits,
+    since an interpreter shutting down under a thread inside an extension's import can abort.
+    """
     import sys
     import threading
 
-    if "polars" not in sys.modules:
-        threading.Thread(target=__import__, args=("polars",), name="import-polars", daemon=True).start()
+    if "polars" in sys.modules:
+        return lambda: None
+    worker = threading.Thread(target=__import__, args=("polars",), name="import-polars", daemon=True)
+    worker.start()
+    return lambda: worker.join(timeout=30)
 
 
-def _write_polars(names: Sequence[str], columns: Sequence[pa.Array]) -> bytes:
-    import polars as pl
-
+def _ndjson_bytes(frame: Any) -> bytes:
     sink = io.BytesIO()
-    pl.from_arrow(pa.table(list(columns), names=list(names))).write_ndjson(sink)  # type: ignore[union-attr]
+    frame.write_ndjson(sink)
     return bytes(sink.getvalue())
+
+
+def _null_groups(columns: list[pa.Array], nullable: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Group rows by which nullable columns are null in them: (null pattern per group, group per row)."""
+    nulls = np.stack([~np.asarray(columns[i].is_valid()) for i in nullable], axis=1)
+    if len(nullable) <= 62:
+        weights = np.left_shift(np.int64(1), np.arange(len(nullable), dtype=np.int64))
+        codes, inverse = np.unique(nulls @ weights, return_inverse=True)
+        patterns = ((codes[:, None] >> np.arange(len(nullable))) & 1).astype(bool)
+        return patterns, inverse
+    patterns, inverse = np.unique(nulls, axis=0, return_inverse=True)
+    return patterns, inverse.reshape(-1)
 
 
 def encode(batch: pa.RecordBatch) -> bytes:
@@ -333,34 +330,34 @@ def encode(batch: pa.RecordBatch) -> bytes:
     names, columns = _prepare(batch)
     if not names:
         return b"{}\n" * int(batch.num_rows)
+    import polars as pl
+
+    frame: Any = pl.from_arrow(pa.table(columns, names=names))
     nullable = [i for i, col in enumerate(columns) if col.null_count]
     if not nullable:
-        return _write_polars(names, columns)
-    signature = np.zeros(batch.num_rows, dtype=np.int64)
-    for bit, i in enumerate(nullable[:62]):
-        signature |= (~np.asarray(columns[i].is_valid())).astype(np.int64) << bit
-    if len(nullable) > 62:  # pathological width: write those rows one group per row
-        signature = np.arange(batch.num_rows, dtype=np.int64)
-    groups, inverse = np.unique(signature, return_inverse=True)
+        return _ndjson_bytes(frame)
+    patterns, inverse = _null_groups(columns, nullable)
     pieces: list[pa.Array] = []
     order: list[np.ndarray] = []
-    table = pa.table(columns, names=names)
-    for g in range(len(groups)):
-        rows = np.flatnonzero(inverse == g)
-        sub = table if len(groups) == 1 else table.take(pa.array(rows))
-        keep = [i for i in range(len(names)) if sub.column(i).null_count < sub.num_rows]
+    for g, pattern in enumerate(patterns):
+        rows = np.flatnonzero(inverse == g) if len(patterns) > 1 else np.arange(batch.num_rows)
+        dropped = {names[i] for i, null in zip(nullable, pattern, strict=True) if null}
+        keep = [n for n in names if n not in dropped]
         if not keep:
             blob = b"{}\n" * len(rows)
         else:
-            blob = _write_polars([names[i] for i in keep], [sub.column(i).combine_chunks() for i in keep])
+            sub = frame.select(keep)
+            blob = _ndjson_bytes(sub if len(patterns) == 1 else sub[rows])
         line_ends = np.flatnonzero(np.frombuffer(blob, dtype=np.uint8) == 10) + 1
         offsets = np.concatenate(([0], line_ends)).astype(np.int64)
         pieces.append(pa.LargeStringArray.from_buffers(len(rows), pa.py_buffer(offsets), pa.py_buffer(blob)))
         order.append(rows)
+    if len(pieces) == 1:
+        return bytes(pieces[0].buffers()[2].to_pybytes())
     lines = pa.concat_arrays(pieces)
     position = np.empty(batch.num_rows, dtype=np.int64)
     position[np.concatenate(order)] = np.arange(batch.num_rows)
-    ordered = pc.take(lines, pa.array(position))
+    ordered = pc.take(lines, from_numpy(position))
     offsets = np.frombuffer(ordered.buffers()[1], dtype=np.int64)
     start, end = int(offsets[ordered.offset]), int(offsets[ordered.offset + len(ordered)])
     return bytes(ordered.buffers()[2].slice(start, end - start).to_pybytes())

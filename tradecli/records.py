@@ -289,6 +289,9 @@ def coerce_column(arr: pa.Array, target: pa.DataType) -> tuple[pa.Array, dict[in
     """
     if arr.type == target:
         return arr, {}
+    if pa.types.is_boolean(arr.type) and target != STR:  # Arrow would cast true to 1.0
+        out, bad = coerce_values(arr.to_pylist(), target)
+        return (pc.dictionary_encode(out).cast(target) if pa.types.is_dictionary(target) else out), bad
     if target == TIMESTAMP:
         return _to_timestamp(arr)
     if pa.types.is_null(arr.type):

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
@@ -64,8 +65,15 @@ class Stopper:
 
     @contextmanager
     def blocking(self) -> Iterator[None]:
-        """Mark a wait (read, sleep) during which a signal may stop the stage immediately."""
+        """Mark a wait (read, sleep) during which a signal may stop the stage immediately.
+
+        Only the main thread's waits count: Python runs signal handlers there, so a reader
+        thread blocked on a pipe must not make the main thread stop mid-batch.
+        """
         self.check()
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
         self._blocking += 1
         try:
             yield

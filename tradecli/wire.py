@@ -23,7 +23,9 @@ from __future__ import annotations
 
 import io
 import os
+import queue
 import select
+import threading
 from collections.abc import Callable, Generator, Iterator
 from contextlib import suppress
 from typing import IO, Any, BinaryIO, Protocol
@@ -68,6 +70,7 @@ class Input:
         self._buffer = bytearray()
         self.eof = False
         self.bytes_read = 0
+        self._cancelled = threading.Event()
         try:
             self._fd: int | None = stream.fileno()
             os.fstat(self._fd)
@@ -76,12 +79,29 @@ class Input:
         if self._fd is not None:
             _grow_pipe(self._fd)
 
+    def cancel(self) -> None:
+        """Make a read blocked in another thread give up (within a tenth of a second)."""
+        self._cancelled.set()
+
+    def _wait_readable(self) -> None:
+        # select in short steps rather than one blocking read, so cancel() is seen: a thread
+        # must not be inside pyarrow's reader when the interpreter shuts down
+        while not self._ready(0.1):
+            if self._cancelled.is_set():
+                raise ReadCancelled(self.name)
+
     def _raw_read(self, size: int) -> bytes:
-        if self.session is not None:
+        if self._cancelled.is_set():
+            raise ReadCancelled(self.name)
+        if self._fd is None:
+            chunk = self._read_obj(size)
+        elif self.session is not None:
             with self.session.stopper.blocking():
-                chunk = os.read(self._fd, size) if self._fd is not None else self._read_obj(size)
+                self._wait_readable()
+                chunk = os.read(self._fd, size)
         else:
-            chunk = os.read(self._fd, size) if self._fd is not None else self._read_obj(size)
+            self._wait_readable()
+            chunk = os.read(self._fd, size)
         if not chunk:
             self.eof = True
         self.bytes_read += len(chunk)
@@ -209,7 +229,15 @@ class RecordReader:
         self._line = 1
         self._batch_no = 0
 
-    def batches(self) -> Iterator[pa.RecordBatch]:
+    def batches(self, prefetch: bool = True) -> Iterator[pa.RecordBatch]:
+        """The records, batch by batch. With ``prefetch`` the next batch is read and parsed in a
+        thread while the stage works on this one (parsing and encoding release the GIL)."""
+        if not prefetch:
+            yield from self._read_all()
+            return
+        yield from _prefetched(self._read_all(), self.session, self.input.cancel)
+
+    def _read_all(self) -> Iterator[pa.RecordBatch]:
         while True:
             self.session.stopper.check()
             head = self.input.peek(4)
@@ -358,6 +386,64 @@ class RecordReader:
         )
 
 
+_END = object()
+
+
+class ReadCancelled(Exception):
+    """The stage stopped consuming; a reader thread gives up its read."""
+
+
+def _prefetched(
+    source: Iterator[pa.RecordBatch], session: Session, cancel: Callable[[], None], depth: int = 2
+) -> Iterator[pa.RecordBatch]:
+    """Run ``source`` in a thread, ``depth`` batches ahead; its exceptions surface here, in order.
+
+    When the consumer stops early the thread is told to give up and is waited for, so it is
+    never left inside native code while the process exits.
+    """
+    handoff: queue.Queue[Any] = queue.Queue(maxsize=depth)
+    abandoned = threading.Event()
+
+    def offer(item: Any) -> bool:
+        while not abandoned.is_set():
+            try:
+                handoff.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for batch in source:
+                if not offer(batch):
+                    return
+        except BaseException as exc:  # handed to the consumer, which re-raises it
+            offer(exc)
+            return
+        offer(_END)
+
+    def stop() -> None:
+        abandoned.set()
+        cancel()
+        worker.join(timeout=5)
+
+    worker = threading.Thread(target=produce, name="read-records", daemon=True)
+    worker.start()
+    session.on_close(stop)  # however the stage ends, even if this generator is never closed
+    try:
+        while True:
+            with session.stopper.blocking():
+                item = handoff.get()
+            if item is _END:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop()
+
+
 def checked(
     batch: pa.RecordBatch,
     errors: ErrorSink,
@@ -446,7 +532,7 @@ class RecordWriter:
         self._schema: pa.Schema | None = None
         session.on_close(self.close)
         if fmt != "arrow":
-            ndjson.warm_up()
+            session.on_close(ndjson.warm_up())
 
     @property
     def format(self) -> str:
