@@ -55,6 +55,7 @@ CORPUS: list[tuple[str, bytes, str, str | None]] = [
         "price",
     ),
     ("zero price", trade_with(price=0), "field 'price' is 0.0, expected a finite positive number", "price"),
+    ("price boolean", trade_with(price=True), "field 'price' is True, expected a number", "price"),
     (
         "price object",
         trade_with(price={"value": 1}),
