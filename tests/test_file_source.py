@@ -146,3 +146,37 @@ def test_no_progress_bar_on_a_pipe(tmp_path: Path) -> None:
     path.write_bytes(invoke(sim_args(3000, "--quiet")).stdout_bytes)
     result = run_trade("ingest", "--source", "file", str(path))
     assert result.stderr.decode().count("\n") == 1  # the summary only
+
+
+def test_progress_bar_on_a_terminal_goes_to_stderr(tmp_path: Path) -> None:
+    """On a terminal a long replay shows a progress bar - on stderr, never mixed into the records."""
+    import os
+    import pty
+    import subprocess
+
+    from conftest import child_env, trade_argv
+
+    path = tmp_path / "sim.ndjson"
+    path.write_bytes(invoke(sim_args(200_000, "--quiet")).stdout_bytes)
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(
+        trade_argv("ingest", "--source", "file", str(path), "--speed", "max"),
+        stdout=subprocess.PIPE,
+        stderr=slave,
+        env=child_env(COLUMNS="100", TERM="xterm"),
+    )
+    os.close(slave)
+    out, _ = proc.communicate(timeout=120)
+    seen = b""
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        seen += chunk
+    os.close(master)
+    assert proc.returncode == 0
+    assert len(ndjson_records(out)) == 200_000  # stdout is records only
+    assert b"replay" in seen and b"\x1b[" in seen  # the bar was drawn on the terminal

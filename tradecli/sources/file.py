@@ -142,6 +142,7 @@ class FileReplay:
             return nullcontext(lambda n: None)
         from contextlib import contextmanager
 
+        from rich.console import Console
         from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 
         total = sum(os.path.getsize(p) for p in self.options.paths if os.path.exists(p))
@@ -154,7 +155,7 @@ class FileReplay:
                 DownloadColumn(),
                 TimeRemainingColumn(),
                 transient=True,
-                console=None,
+                console=Console(stderr=True),  # stdout carries the records
             ) as progress:
                 task = progress.add_task("replay", total=total)
                 yield lambda n: progress.advance(task, n)
