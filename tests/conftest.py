@@ -68,6 +68,10 @@ def write_lines(path: Path, lines: Iterable[bytes | str]) -> Path:
     return path
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--update-golden", action="store_true", help="rewrite tests/golden/*/*.out.ndjson")
+
+
 @pytest.fixture
 def tmp_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Keep state and data directories inside the test's temporary directory."""

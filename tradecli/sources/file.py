@@ -21,7 +21,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import orjson
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from tradecli.errors import TradeError
 from tradecli.records import DICT_STRING, FIELD_TYPES, TIMESTAMP
@@ -77,16 +79,46 @@ def canonical_name(name: str) -> str:
 
 
 def rename_columns(batch: pa.RecordBatch) -> pa.RecordBatch:
-    """Map column names to record fields; the first column to claim a field keeps it."""
-    names: list[str] = []
-    taken: set[str] = set()
-    for name in batch.schema.names:
-        target = canonical_name(name)
-        if target != name and (target in taken or target in batch.schema.names):
-            target = name
-        names.append(target)
-        taken.add(target)
-    return batch.rename_columns(names) if names != batch.schema.names else batch
+    """Map column names to record fields.
+
+    Lines of one NDJSON file may spell a field differently (``sym`` here, ``symbol`` there); the
+    columns that name the same field are merged, each row taking the first spelling it has,
+    the exact field name first.
+    """
+    groups: dict[str, list[int]] = {}
+    for i, name in enumerate(batch.schema.names):
+        groups.setdefault(canonical_name(name), []).append(i)
+    if all(len(ix) == 1 and batch.schema.names[ix[0]] == name for name, ix in groups.items()):
+        return batch
+    columns = []
+    for name, indices in groups.items():
+        indices.sort(key=lambda i: batch.schema.names[i] != name)
+        columns.append(_merge([batch.column(i) for i in indices]))
+    return pa.record_batch(columns, names=list(groups))
+
+
+def _merge(columns: list[pa.Array]) -> pa.Array:
+    """The first non-null value of each row across columns; differing types meet as double or text."""
+    if len(columns) == 1:
+        return columns[0]
+    types = {c.type for c in columns}
+    if len(types) > 1:
+        numeric = all(pa.types.is_integer(t) or pa.types.is_floating(t) for t in types)
+        target = pa.float64() if numeric else pa.string()
+        columns = [c if c.type == target else _as(c, target) for c in columns]
+    return pc.coalesce(*columns)
+
+
+def _as(col: pa.Array, target: pa.DataType) -> pa.Array:
+    if pa.types.is_timestamp(col.type) and target == pa.string():
+        col = col.cast(pa.timestamp("ns", tz="UTC"))  # a naive time is UTC, as everywhere
+        return pc.strftime(col, format="%Y-%m-%dT%H:%M:%SZ")  # %S carries the fraction
+    try:
+        return col.cast(target)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return pa.array(
+            [None if v is None else orjson.dumps(v).decode() for v in col.to_pylist()], pa.string()
+        )
 
 
 def _infer_text_column(col: pa.Array) -> pa.Array:
