@@ -345,136 +345,164 @@ def _column(batch: pa.RecordBatch, name: str) -> pa.Array | None:
     return None if index < 0 else batch.column(index)
 
 
-def _mask_rows(mask: np.ndarray, reason_for: Any, rejects: dict[int, Reject], field: str) -> None:
-    for i in np.flatnonzero(mask):
-        row = int(i)
-        if row not in rejects:
-            rejects[row] = Reject(row, reason_for(row), field)
+_NUMPY = {pa.float64(): np.float64, pa.int64(): np.int64, TIMESTAMP: np.int64, pa.int32(): np.int32}
 
 
-def _check_prices(
-    batch: pa.RecordBatch,
-    fields: Sequence[str],
-    rows: np.ndarray,
-    rejects: dict[int, Reject],
-    *,
-    allow_zero: bool = False,
-) -> None:
-    for field in fields:
-        col = _column(batch, field)
+def _values(col: pa.Array) -> np.ndarray:
+    """The values of a primitive column as a zero-copy numpy view (null slots hold anything)."""
+    dtype = np.dtype(_NUMPY[col.type])
+    return np.frombuffer(col.buffers()[1], dtype=dtype, count=len(col), offset=col.offset * dtype.itemsize)
+
+
+class _Checks:
+    """The validation rules over one normalised batch, vectorised; each failure becomes a Reject.
+
+    ``rows`` arguments are boolean masks (None = every row). Only rows that fail are looked at
+    one by one, to word their messages.
+    """
+
+    def __init__(self, batch: pa.RecordBatch, rejects: dict[int, Reject]) -> None:
+        self.batch = batch
+        self.rejects = rejects
+        self.n = batch.num_rows
+
+    def reject(self, mask: np.ndarray, field: str, reason_for: Any) -> None:
+        for i in np.flatnonzero(mask):
+            row = int(i)
+            if row not in self.rejects:
+                self.rejects[row] = Reject(row, reason_for(row), field)
+
+    @staticmethod
+    def _within(mask: np.ndarray, rows: np.ndarray | None) -> np.ndarray:
+        return mask if rows is None else mask & rows
+
+    def required(self, fields: Sequence[str], rows: np.ndarray | None, kind: str) -> None:
+        for field in fields:
+            col = _column(self.batch, field)
+            if col is not None and col.null_count == 0:
+                continue
+            missing = np.ones(self.n, dtype=bool) if col is None else ~np.asarray(col.is_valid())
+            missing = self._within(missing, rows)
+            if missing.any():
+                self.reject(
+                    missing, field, lambda r, f=field: f"field '{f}' is missing ({kind} records need it)"
+                )
+
+    def numbers(self, fields: Sequence[str], rows: np.ndarray | None, *, minimum: str) -> None:
+        """Finite and > 0 (``minimum="positive"``), finite and >= 0 ("zero"), or just >= 0 ("count")."""
+        for field in fields:
+            col = _column(self.batch, field)
+            if col is None or col.null_count == len(col) or col.type not in _NUMPY:
+                continue
+            values = _values(col)
+            with np.errstate(invalid="ignore"):
+                if minimum == "positive":
+                    ok = np.isfinite(values) & (values > 0)
+                elif minimum == "zero":
+                    ok = np.isfinite(values) & (values >= 0)
+                else:
+                    ok = values >= 0
+            bad = ~ok
+            if col.null_count:
+                bad &= np.asarray(col.is_valid())
+            bad = self._within(bad, rows)
+            if bad.any():
+                expected = {
+                    "positive": "a finite positive number",
+                    "zero": "a finite number >= 0",
+                    "count": "a number >= 0",
+                }[minimum]
+                self.reject(bad, field, lambda r, c=col, f=field, e=expected: field_error(f, c[r].as_py(), e))
+
+    def times(self) -> None:
+        for field in TIMESTAMP_FIELDS:
+            col = _column(self.batch, field)
+            if col is None or col.null_count == len(col):
+                continue
+            ns = _values(col)
+            bad = (ns < MIN_TS_NS) | (ns >= MAX_TS_NS)
+            if col.null_count:
+                bad &= np.asarray(col.is_valid())
+            if bad.any():
+                self.reject(
+                    bad,
+                    field,
+                    lambda r, c=col, f=field: (
+                        f"field '{f}' is {_render_ts(c, r)}, expected a time between 1971 and 2200"
+                    ),
+                )
+
+    def type_masks(self) -> dict[str, np.ndarray]:
+        """One row mask per record type, from the dictionary codes (no per-row strings)."""
+        col = self.batch.column("type")
+        if col.null_count:
+            self.reject(
+                ~np.asarray(col.is_valid()),
+                "type",
+                lambda r: "field 'type' is missing and the fields do not say which record this is",
+            )
+        names = col.dictionary.to_pylist()
+        codes = _values(col.indices)
+        masks = {}
+        for code, name in enumerate(names):
+            mask = codes == code
+            if col.null_count:
+                mask &= np.asarray(col.is_valid())
+            if name == "":
+                self.reject(mask, "type", lambda r: field_error("type", "", "a record type"))
+            masks[name] = mask
+        return masks
+
+    def blank_symbols(self) -> None:
+        col = _column(self.batch, "symbol")
         if col is None:
-            continue
-        values = col.to_numpy(zero_copy_only=False)
-        valid = np.asarray(col.is_valid())
+            return
+        blank = [code for code, name in enumerate(col.dictionary.to_pylist()) if not name.strip()]
+        if blank:
+            mask = np.isin(_values(col.indices), blank)
+            if col.null_count:
+                mask &= np.asarray(col.is_valid())
+            self.reject(mask, "symbol", lambda r: field_error("symbol", "", "a ticker"))
+
+    def high_below_low(self, bars: np.ndarray) -> None:
+        high, low = _column(self.batch, "high"), _column(self.batch, "low")
+        if high is None or low is None:
+            return
         with np.errstate(invalid="ignore"):
-            ok = np.isfinite(values) & ((values >= 0) if allow_zero else (values > 0))
-        bad = rows & valid & ~ok
-        if bad.any():
-            expected = "a finite number >= 0" if allow_zero else "a finite positive number"
-            _mask_rows(
-                bad, lambda r, c=col, f=field, e=expected: field_error(f, c[r].as_py(), e), rejects, field
-            )
-
-
-def _check_required(
-    batch: pa.RecordBatch, fields: Sequence[str], rows: np.ndarray, rejects: dict[int, Reject], kind: str
-) -> None:
-    for field in fields:
-        col = _column(batch, field)
-        missing = rows if col is None else rows & ~np.asarray(col.is_valid())
-        if missing.any():
-            _mask_rows(
-                missing, lambda r, f=field: f"field '{f}' is missing ({kind} records need it)", rejects, field
-            )
-
-
-def _check_nonnegative(
-    batch: pa.RecordBatch, fields: Sequence[str], rows: np.ndarray, rejects: dict[int, Reject]
-) -> None:
-    for field in fields:
-        col = _column(batch, field)
-        if col is None:
-            continue
-        values = col.to_numpy(zero_copy_only=False)
-        valid = np.asarray(col.is_valid())
-        with np.errstate(invalid="ignore"):
-            bad = rows & valid & ~(values >= 0)
-        if bad.any():
-            _mask_rows(
-                bad, lambda r, c=col, f=field: field_error(f, c[r].as_py(), "a number >= 0"), rejects, field
-            )
+            inverted = bars & (_values(high) < _values(low))
+        if high.null_count or low.null_count:
+            inverted &= np.asarray(high.is_valid()) & np.asarray(low.is_valid())
+        self.reject(
+            inverted, "high", lambda r: f"field 'high' is {high[r].as_py()}, below 'low' {low[r].as_py()}"
+        )
 
 
 def _validate(batch: pa.RecordBatch, rejects: dict[int, Reject]) -> None:
-    n = batch.num_rows
-    everything = np.ones(n, dtype=bool)
-    type_col = batch.column("type").cast(STR)
-    types = np.asarray(type_col.to_numpy(zero_copy_only=False), dtype=object)
-    missing_type = ~np.asarray(type_col.is_valid())
-    _mask_rows(
-        missing_type,
-        lambda r: "field 'type' is missing and the fields do not say which record this is",
-        rejects,
-        "type",
-    )
-    empty_type = np.asarray(pc.equal(type_col, "").fill_null(False))
-    _mask_rows(empty_type, lambda r: field_error("type", "", "a record type"), rejects, "type")
-
-    symbol = _column(batch, "symbol")
-    is_market = np.isin(types, MARKET_TYPES)
-    if is_market.any():
-        _check_required(batch, ["symbol", "timestamp"], is_market, rejects, "market")
-    if symbol is not None:
-        text = symbol.cast(STR)
-        blank = np.asarray(pc.equal(pc.utf8_trim_whitespace(text), "").fill_null(False))
-        _mask_rows(blank, lambda r: field_error("symbol", "", "a ticker"), rejects, "symbol")
-
-    for field in TIMESTAMP_FIELDS:
-        col = _column(batch, field)
-        if col is None:
-            continue
-        ns = col.cast(pa.int64()).to_numpy(zero_copy_only=False)
-        valid = np.asarray(col.is_valid())
-        with np.errstate(invalid="ignore"):
-            bad = valid & ((ns < MIN_TS_NS) | (ns >= MAX_TS_NS))
-        if bad.any():
-            _mask_rows(
-                bad,
-                lambda r, c=col, f=field: (
-                    f"field '{f}' is {_render_ts(c, r)}, expected a time between 1971 and 2200"
-                ),
-                rejects,
-                field,
-            )
-
-    trades = types == "trade"
-    if trades.any():
-        _check_required(batch, ["price"], trades, rejects, "trade")
-        _check_prices(batch, ["price"], trades, rejects)
-        _check_nonnegative(batch, ["volume"], trades, rejects)
-    quotes = types == "quote"
-    if quotes.any():
-        _check_prices(batch, ["bid", "ask"], quotes, rejects, allow_zero=True)
-        _check_nonnegative(batch, ["bid_size", "ask_size"], quotes, rejects)
-        bid, ask = _column(batch, "bid"), _column(batch, "ask")
-        if bid is None and ask is None:
-            _check_required(batch, ["bid"], quotes, rejects, "quote")
-    bars = types == "bar"
-    if bars.any():
-        _check_required(batch, ["open", "high", "low", "close"], bars, rejects, "bar")
-        _check_prices(batch, ["open", "high", "low", "close"], bars, rejects)
-        _check_nonnegative(batch, ["volume"], bars, rejects)
-        high, low = _column(batch, "high"), _column(batch, "low")
-        if high is not None and low is not None:
-            with np.errstate(invalid="ignore"):
-                inverted = bars & (high.to_numpy(zero_copy_only=False) < low.to_numpy(zero_copy_only=False))
-            _mask_rows(
-                inverted,
-                lambda r: f"field 'high' is {high[r].as_py()}, below 'low' {low[r].as_py()}",
-                rejects,
-                "high",
-            )
-    _check_prices(batch, ["prev_close"], everything, rejects)
+    check = _Checks(batch, rejects)
+    kinds = check.type_masks()
+    market = [kinds[k] for k in MARKET_TYPES if k in kinds]
+    if market:
+        check.required(["symbol", "timestamp"], np.logical_or.reduce(market), "market")
+    check.blank_symbols()
+    check.times()
+    trades = kinds.get("trade")
+    if trades is not None and trades.any():
+        check.required(["price"], trades, "trade")
+        check.numbers(["price"], trades, minimum="positive")
+        check.numbers(["volume"], trades, minimum="count")
+    quotes = kinds.get("quote")
+    if quotes is not None and quotes.any():
+        check.numbers(["bid", "ask"], quotes, minimum="zero")
+        check.numbers(["bid_size", "ask_size"], quotes, minimum="count")
+        if _column(batch, "bid") is None and _column(batch, "ask") is None:
+            check.required(["bid"], quotes, "quote")
+    bars = kinds.get("bar")
+    if bars is not None and bars.any():
+        check.required(["open", "high", "low", "close"], bars, "bar")
+        check.numbers(["open", "high", "low", "close"], bars, minimum="positive")
+        check.numbers(["volume"], bars, minimum="count")
+        check.high_below_low(bars)
+    check.numbers(["prev_close"], None, minimum="positive")
 
 
 def _render_ts(col: pa.Array, row: int) -> str:

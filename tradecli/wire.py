@@ -131,11 +131,19 @@ class Input:
             while not self.eof:
                 self._buffer += self._raw_read(1 << 20)
             size = len(self._buffer)
-        while len(self._buffer) < size and not self.eof:
-            self._buffer += self._raw_read(max(size - len(self._buffer), 1 << 16))
-        out = bytes(self._buffer[:size])
-        del self._buffer[:size]
-        return out
+        if size <= len(self._buffer):
+            out = bytes(self._buffer[:size])
+            del self._buffer[:size]
+            return out
+        # a large message body: take what is buffered, then read just what is missing
+        parts = [bytes(self._buffer)]
+        self._buffer.clear()
+        missing = size - len(parts[0])
+        while missing > 0 and not self.eof:
+            chunk = self._raw_read(missing)
+            parts.append(chunk)
+            missing -= len(chunk)
+        return b"".join(parts)
 
     def read_available(self, cap: int = READ_CAP) -> bytes:
         """One micro-batch: block for the first bytes, then take whatever else is waiting."""
