@@ -181,3 +181,14 @@ def test_schema_change_mid_stream(fmt: str) -> None:
         {"type": "signal", "symbol": "A", "label": 7},
         {"type": "signal", "symbol": "A", "label": "text now"},
     ]
+
+
+def test_unknown_text_that_looks_like_a_time_passes_as_written() -> None:
+    lines = [
+        b'{"type":"signal","symbol":"A","opened_at":"2026-11-23T09:30:00-05:00","n":%d}' % i
+        for i in range(100)
+    ]
+    back, s = read(b"\n".join(lines) + b"\n")
+    assert s.counters.rejected == 0
+    assert {r["opened_at"] for r in rows(back)} == {"2026-11-23T09:30:00-05:00"}
+    assert orjson.loads(write(back, "ndjson").splitlines()[0])["opened_at"] == "2026-11-23T09:30:00-05:00"
