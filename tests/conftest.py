@@ -10,10 +10,17 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-import orjson
-import pyarrow as pa
-import pytest
-from typer.testing import CliRunner
+from tradecli.__main__ import _WithoutPandas
+
+# Tests run the stages in-process as the `trade` command runs them: without pandas (pyarrow then
+# refuses to turn ns timestamps into Python objects, which a test must see).
+if "pandas" not in sys.modules:
+    sys.meta_path.insert(0, _WithoutPandas)  # type: ignore[arg-type]
+
+import orjson  # noqa: E402
+import pyarrow as pa  # noqa: E402
+import pytest  # noqa: E402
+from typer.testing import CliRunner  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 SESSION_DATE = "2026-11-20"  # a Friday: fixed so simulated output is reproducible
