@@ -17,10 +17,10 @@ from tradecli.__main__ import _WithoutPandas
 if "pandas" not in sys.modules:
     sys.meta_path.insert(0, _WithoutPandas)  # type: ignore[arg-type]
 
-import orjson  # noqa: E402
-import pyarrow as pa  # noqa: E402
-import pytest  # noqa: E402
-from typer.testing import CliRunner  # noqa: E402
+import orjson
+import pyarrow as pa
+import pytest
+from typer.testing import CliRunner
 
 ROOT = Path(__file__).resolve().parent.parent
 SESSION_DATE = "2026-11-20"  # a Friday: fixed so simulated output is reproducible
