@@ -1,0 +1,1002 @@
+"""The streaming indicator engine behind ``trade enrich``: per-symbol state, columnar updates.
+
+:class:`IndicatorState` holds, for every series it has seen, what the next record needs and no more:
+the last ``h`` prices and volumes (``h`` = the longest window - 1), one value and one warm-up sum
+per exponential average, and the running session totals. That is O(longest period) per series,
+however long the stream. ``add(batch)`` updates the state from a whole record batch and returns the
+batch with the indicator columns; ``snapshot()`` / ``restore()`` carry the state across restarts,
+as talipp's indicators carry theirs across ``add`` calls.
+
+How a batch is computed, without a Python loop per record:
+
+* The rows that update indicators (trades, and bars by their close) get a small integer code per
+  series (symbol and kind) from a registry kept across batches, and are grouped by it with a stable
+  radix sort: each series becomes one contiguous segment.
+* Windowed sums (SMA, Bollinger, average volume) read a flat array holding, per segment, the
+  series' carried history followed by its new values. Float windows use the van Herk/Gil-Werman
+  split into blocks of the window length: every sum adds at most ``n`` values of its own series,
+  so no rounding drifts along the stream and no other symbol's magnitude leaks in. Volume windows
+  are integer sums, exact.
+* EMA, Wilder's RSI and ATR, and the MACD lines are linear recurrences ``y = a*y' + b`` per
+  series; so are running sums (``a = 1``). They run as a blocked segmented scan: each block of 8-32
+  values is solved in closed form with a cumulative sum of ``b * a**-j``, and the blocks' carries
+  are themselves a shorter scan of the same kind (recursively), seeded with the series' carried
+  value. Session highs and lows use the same scan with max/min.
+
+TA-Lib's conventions, checked against it: EMA starts at the n-th value with the SMA of the first n,
+then ``alpha = 2/(n+1)``; RSI starts at the (n+1)-th value with the simple means of the first n
+gains and losses, then Wilder's ``1/n``, and is 0 when both averages are 0; MACD seeds its fast EMA
+at the slow EMA's first value (with the SMA of the fast period ending there), seeds the signal with
+the mean of the first ``signal`` MACD values, and reports all three lines from then on; Bollinger
+bands are SMA +/- k population standard deviations; ATR averages true ranges from the second bar.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import date, datetime, time, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from tradecli.records import F64, I64, from_numpy
+
+SNAPSHOT_MAGIC = b"tradecli-enrich-state\n"
+SNAPSHOT_VERSION = 1
+
+TRADE, QUOTE, BAR = 1, 2, 3
+_TYPE_CODES = {"trade": TRADE, "quote": QUOTE, "bar": BAR}
+_KIND_NAMES = ("trade", "bar")  # a series is a symbol's trades or a symbol's bars
+
+_LINEAR, _MAX, _MIN = 0, 1, 2
+_IDENTITY = {_LINEAR: 0.0, _MAX: -np.inf, _MIN: np.inf}
+_NO_SESSION = np.iinfo(np.int64).min
+
+
+# ---------------------------------------------------------------------------------------------
+# What to compute
+
+
+@dataclass(frozen=True)
+class Spec:
+    """Which indicators, with which periods; and where a trading session starts."""
+
+    sma: tuple[int, ...] = (20,)
+    ema: tuple[int, ...] = (9,)
+    rsi: tuple[int, ...] = (14,)
+    volume_avg: tuple[int, ...] = (20,)
+    macd: tuple[tuple[int, int, int], ...] = ()
+    bbands: tuple[tuple[int, float], ...] = ()
+    atr: tuple[int, ...] = ()
+    session_start: str = "04:00"
+    timezone: str = "America/New_York"
+
+    def columns(self) -> list[str]:
+        """The indicator columns, in the order they are appended to a batch."""
+        names = ["vwap"]
+        names += [f"sma_{n}" for n in self.sma]
+        names += [f"ema_{n}" for n in self.ema]
+        names += [f"rsi_{n}" for n in self.rsi]
+        for spec in self.macd:
+            suffix = "_".join(map(str, spec))
+            names += [f"macd_{suffix}", f"macd_signal_{suffix}", f"macd_hist_{suffix}"]
+        for n, k in self.bbands:
+            suffix = f"{n}_{format_number(k)}"
+            names += [f"bb_upper_{suffix}", f"bb_middle_{suffix}", f"bb_lower_{suffix}"]
+        names += [f"atr_{n}" for n in self.atr]
+        names += [f"avg_volume_{n}" for n in self.volume_avg]
+        if self.volume_avg:
+            names.append("volume_ratio")
+        names += ["gap_pct", "day_high", "day_low", "day_volume", "mid", "spread"]
+        return names
+
+    def indicators(self) -> dict[str, Any]:
+        """The part of the spec that the carried state depends on (sessions may change freely)."""
+        out = asdict(self)
+        out.pop("session_start")
+        out.pop("timezone")
+        plain: dict[str, Any] = json.loads(json.dumps(out))  # tuples as lists, as in a snapshot
+        return plain
+
+
+def format_number(value: float) -> str:
+    """2 -> '2', 2.5 -> '2p5': a column-name-safe number (jq reads .bb_upper_20_2p5)."""
+    text = f"{value:g}"
+    return text.replace(".", "p").replace("-", "m")
+
+
+# ---------------------------------------------------------------------------------------------
+# Numeric kernels
+
+
+def _block_size(total: int, segments: int) -> int:
+    mean = total / max(segments, 1)
+    return 32 if mean >= 24 else 16 if mean >= 12 else 8
+
+
+def _local_linear(blocks: np.ndarray, a: np.ndarray) -> np.ndarray:
+    """Inclusive ``y_k = a*y_{k-1} + b_k`` along the last axis of ``blocks`` (channels, n, width)."""
+    width = blocks.shape[2]
+    steps = np.arange(width, dtype=np.float64)
+    closed = (a == 1.0) | (a ** (width - 1) > 1e-200)
+    if bool(closed.all()):
+        if bool((a == 1.0).all()):
+            return np.cumsum(blocks, axis=2)
+        # closed form: y_k = a**k * sum_j a**-j b_j. Every term keeps its sign, so the relative error
+        # stays that of a plain sum of `width` terms.
+        up = np.power((1.0 / a)[:, None], steps)[:, None, :]
+        out = np.cumsum(blocks * up, axis=2)
+        out *= np.power(a[:, None], steps)[:, None, :]
+        return out
+    out = np.empty_like(blocks)
+    for c in range(blocks.shape[0]):
+        if closed[c]:
+            out[c : c + 1] = _local_linear(blocks[c : c + 1], a[c : c + 1])
+            continue
+        # a tiny multiplier (EMA(1), or a deep level of the scan): a small matrix product
+        lag = np.maximum(steps[:, None] - steps[None, :], 0.0)
+        with np.errstate(under="ignore"):
+            weights = np.where(steps[:, None] >= steps[None, :], np.power(a[c], lag), 0.0)
+        out[c] = blocks[c] @ weights.T
+    return out
+
+
+class ScanLayout:
+    """Where each value of a segmented scan goes: blocks of 8-32 values, never shared by two segments.
+
+    Built once per segmentation and reused by every scan over it (sums, max/min, each average).
+    """
+
+    def __init__(self, lengths: np.ndarray) -> None:
+        self.lengths = lengths
+        self.total = int(lengths.sum())
+        self.simple = self.total == 0 or int(lengths.max()) <= 1
+        self.child: ScanLayout | None = None
+        if self.simple:
+            return
+        width = _block_size(self.total, lengths.size)
+        blocks_per = (lengths + (width - 1)) // width
+        first_block = np.cumsum(blocks_per) - blocks_per
+        starts = np.cumsum(lengths) - lengths
+        self.width = width
+        self.n_blocks = int(blocks_per.sum())
+        self.pos = np.repeat(first_block * width - starts, lengths) + np.arange(self.total)
+        self.has = blocks_per > 0
+        self.first_block = first_block[self.has]
+        if int(blocks_per.max()) > 1:
+            self.child = ScanLayout(blocks_per)
+
+    def scan(self, values: np.ndarray, init: np.ndarray, op: int, a: np.ndarray | None = None) -> np.ndarray:
+        """Inclusive scan of each segment of every channel (row of ``values``), from ``init``.
+
+        ``op`` is ``_LINEAR`` (``y = a*y' + v`` with ``a`` per channel; ``a = 1`` is a running sum),
+        ``_MAX`` or ``_MIN``. ``values`` is (channels, total), ``init`` (channels, segments).
+        """
+        channels = values.shape[0]
+        if a is None:
+            a = np.ones(channels)
+        if self.total == 0:
+            return np.empty((channels, 0))
+        if self.simple:
+            start = np.repeat(init, self.lengths, axis=1)
+            if op == _LINEAR:
+                simple: np.ndarray = a[:, None] * start + values
+            else:
+                simple = np.maximum(start, values) if op == _MAX else np.minimum(start, values)
+            return simple
+        width = self.width
+        padded = np.full((channels, self.n_blocks * width), _IDENTITY[op])
+        padded[:, self.pos] = values
+        blocks = padded.reshape(channels, self.n_blocks, width)
+        if op == _LINEAR:
+            local = _local_linear(blocks, a)
+        elif op == _MAX:
+            local = np.maximum.accumulate(blocks, axis=2)
+        else:
+            local = np.minimum.accumulate(blocks, axis=2)
+        if self.child is None:
+            incoming = init[:, self.has]
+        else:
+            with np.errstate(under="ignore"):
+                ends = self.child.scan(
+                    np.ascontiguousarray(local[:, :, -1]), init, op, a**width if op == _LINEAR else None
+                )
+            incoming = np.empty((channels, self.n_blocks))
+            incoming[:, 1:] = ends[:, :-1]
+            incoming[:, self.first_block] = init[:, self.has]
+        if op == _LINEAR:
+            with np.errstate(under="ignore"):
+                powers = np.power(a[:, None], np.arange(1, width + 1, dtype=np.float64))
+            local += incoming[:, :, None] * powers[:, None, :]
+        elif op == _MAX:
+            np.maximum(local, incoming[:, :, None], out=local)
+        else:
+            np.minimum(local, incoming[:, :, None], out=local)
+        out: np.ndarray = local.reshape(channels, -1)[:, self.pos]
+        return out
+
+
+def seg_scan(
+    values: np.ndarray, lengths: np.ndarray, init: np.ndarray, op: int, a: float = 1.0
+) -> np.ndarray:
+    """One channel of :meth:`ScanLayout.scan`: ``values`` (total,), ``init`` (segments,)."""
+    out: np.ndarray = ScanLayout(lengths).scan(values[None, :], init[None, :], op, np.array([a]))[0]
+    return out
+
+
+def seg_cumsum_int(values: np.ndarray, lengths: np.ndarray, init: np.ndarray) -> np.ndarray:
+    """Running integer sums per segment, continuing from ``init``: exact."""
+    if values.shape[0] == 0:
+        return np.empty(0, dtype=np.int64)
+    running = np.cumsum(values, dtype=np.int64)
+    before = running - values  # sum of everything before each row
+    starts = (np.cumsum(lengths) - lengths)[lengths > 0]
+    offset = init[lengths > 0] - before[starts]
+    out: np.ndarray = running + np.repeat(offset, lengths[lengths > 0])
+    return out
+
+
+def window_sums(flat: np.ndarray, ends: np.ndarray, width: int) -> np.ndarray:
+    """Sum of ``flat[e - width + 1 : e + 1]`` for every ``e`` in ``ends`` (all ``>= width - 1``).
+
+    Van Herk/Gil-Werman: cut ``flat`` into blocks of ``width``; a window is a suffix of one block
+    plus a prefix of the next, each a sequential sum of fewer than ``width`` values.
+    """
+    if width == 1:
+        out1: np.ndarray = flat[ends].astype(np.float64)
+        return out1
+    size = flat.shape[0]
+    n_blocks = -(-size // width)
+    padded = np.zeros(n_blocks * width, dtype=np.float64)
+    padded[:size] = flat
+    blocks = padded.reshape(n_blocks, width)
+    prefix = np.cumsum(blocks, axis=1).ravel()
+    suffix = np.cumsum(blocks[:, ::-1], axis=1)[:, ::-1].ravel()
+    first = ends - (width - 1)
+    tail = suffix[first]
+    tail[first % width == 0] = 0.0  # the window is exactly one block: the prefix has it all
+    out: np.ndarray = prefix[ends] + tail
+    return out
+
+
+def window_sums_int(flat: np.ndarray, ends: np.ndarray, width: int) -> np.ndarray:
+    running = np.concatenate(([0], np.cumsum(flat, dtype=np.int64)))
+    out: np.ndarray = running[ends + 1] - running[ends + 1 - width]
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Sessions
+
+
+def parse_clock(text: str) -> tuple[int, int]:
+    """'04:00' -> (4, 0). Raises ValueError."""
+    hours, _, minutes = text.strip().partition(":")
+    if not (hours.isdigit() and minutes.isdigit() and len(minutes) == 2):
+        raise ValueError(text)
+    h, m = int(hours), int(minutes)
+    if not (0 <= h < 24 and 0 <= m < 60):
+        raise ValueError(text)
+    return h, m
+
+
+class SessionClock:
+    """Which trading session an instant belongs to: sessions start at a local wall-clock time.
+
+    A session is named by its local date (days since 1970-01-01). The boundary instants are
+    computed per day with the zone's rules (so daylight saving is right) and cached.
+    """
+
+    def __init__(self, start: str = "04:00", timezone: str = "America/New_York") -> None:
+        self.hour, self.minute = parse_clock(start)
+        self.zone = ZoneInfo(timezone)
+        self._first = 0  # day number of _bounds[0]
+        self._bounds = np.empty(0, dtype=np.int64)
+
+    def _boundary(self, day: date) -> int:
+        local = datetime.combine(day, time(self.hour, self.minute), tzinfo=self.zone)
+        return int(local.timestamp()) * 1_000_000_000
+
+    def _cover(self, lo_ns: int, hi_ns: int) -> None:
+        epoch = date(1970, 1, 1)
+        lo_day = int(lo_ns // 86_400_000_000_000) - 2
+        hi_day = int(hi_ns // 86_400_000_000_000) + 2
+        if self._bounds.size and self._first <= lo_day and self._first + self._bounds.size - 1 >= hi_day:
+            return
+        if self._bounds.size:
+            lo_day = min(lo_day, self._first)
+            hi_day = max(hi_day, self._first + self._bounds.size - 1)
+        days = range(lo_day, hi_day + 1)
+        self._bounds = np.array([self._boundary(epoch + timedelta(days=d)) for d in days], dtype=np.int64)
+        self._first = lo_day
+
+    def keys(self, ns: np.ndarray) -> np.ndarray:
+        """The session (local date of its start, as days since 1970) of each instant."""
+        if ns.size == 0:
+            return np.empty(0, dtype=np.int64)
+        lo, hi = int(ns.min()), int(ns.max())
+        self._cover(lo, hi)
+        first = int(np.searchsorted(self._bounds, lo, side="right")) - 1
+        last = int(np.searchsorted(self._bounds, hi, side="right")) - 1
+        if first == last:
+            return np.full(ns.size, self._first + first, dtype=np.int64)
+        out: np.ndarray = np.searchsorted(self._bounds, ns, side="right") - 1 + self._first
+        return out.astype(np.int64)
+
+
+# ---------------------------------------------------------------------------------------------
+# Exponential averages: EMA, Wilder's RSI and ATR, the MACD lines
+
+
+@dataclass(frozen=True)
+class Average:
+    """An average of ``source`` seeded with the mean of its first ``period`` values.
+
+    ``start`` is the series position of the first input (diffs and true ranges start at the second
+    record; MACD's fast EMA starts where its first ``period`` values end at the slow one's seed).
+    """
+
+    source: str  # 'price', 'gain', 'loss', 'range', or 'macd:<f>,<s>' for a MACD signal line
+    period: int
+    start: int
+    weight: float  # the weight of the new value: 2/(n+1) for an EMA, 1/n for Wilder
+    bars_only: bool = False
+
+    @property
+    def decay(self) -> float:
+        if self.weight == 1.0 / self.period and self.period > 1:
+            return (self.period - 1) / self.period
+        return 1.0 - self.weight
+
+    @property
+    def first(self) -> int:
+        """Series position of the first value (the seed)."""
+        return self.start + self.period - 1
+
+
+def ema_average(source: str, period: int, start: int = 0) -> Average:
+    return Average(source, period, start, 2.0 / (period + 1))
+
+
+def wilder_average(source: str, period: int, start: int = 1, bars_only: bool = False) -> Average:
+    return Average(source, period, start, 1.0 / period, bars_only)
+
+
+def macd_periods(spec: tuple[int, int, int]) -> tuple[int, int, int]:
+    fast, slow, signal = spec
+    return (slow, fast, signal) if fast > slow else (fast, slow, signal)  # TA-Lib swaps them
+
+
+def _averages(spec: Spec) -> list[Average]:
+    found: dict[Average, None] = {}
+    for n in spec.ema:
+        found[ema_average("price", n)] = None
+    for n in spec.rsi:
+        found[wilder_average("gain", n)] = None
+        found[wilder_average("loss", n)] = None
+    for triple in spec.macd:
+        fast, slow, signal = macd_periods(triple)
+        found[ema_average("price", slow)] = None
+        found[ema_average("price", fast, slow - fast)] = None
+        found[ema_average(f"macd:{fast},{slow}", signal, slow - 1)] = None
+    for n in spec.atr:
+        found[wilder_average("range", n, bars_only=True)] = None
+    return list(found)
+
+
+# ---------------------------------------------------------------------------------------------
+# The state
+
+
+@dataclass
+class _Arrays:
+    """Per-series state, one row (or entry) per series code."""
+
+    count: np.ndarray  # records seen
+    prices: np.ndarray  # (series, h): the last h prices (closes), oldest first
+    volumes: np.ndarray  # (series, h) int64
+    warm: np.ndarray  # (averages, series): sum of inputs while warming up
+    value: np.ndarray  # (averages, series): the average after the last record
+    session: np.ndarray  # int64 session key of the last record, or _NO_SESSION
+    pv: np.ndarray  # session sum of price * volume
+    volume: np.ndarray  # session volume, int64
+    high: np.ndarray
+    low: np.ndarray
+
+    @classmethod
+    def empty(cls, capacity: int, history: int, averages: int) -> _Arrays:
+        return cls(
+            count=np.zeros(capacity, dtype=np.int64),
+            prices=np.zeros((capacity, history)),
+            volumes=np.zeros((capacity, history), dtype=np.int64),
+            warm=np.zeros((averages, capacity)),
+            value=np.zeros((averages, capacity)),
+            session=np.full(capacity, _NO_SESSION, dtype=np.int64),
+            pv=np.zeros(capacity),
+            volume=np.zeros(capacity, dtype=np.int64),
+            high=np.full(capacity, -np.inf),
+            low=np.full(capacity, np.inf),
+        )
+
+    def grown(self, capacity: int) -> _Arrays:
+        fresh = _Arrays.empty(capacity, self.prices.shape[1], self.warm.shape[0])
+        used = self.count.shape[0]
+        for name, array in vars(self).items():
+            target = getattr(fresh, name)
+            if array.ndim == 2 and name in ("warm", "value"):
+                target[:, :used] = array
+            else:
+                target[:used] = array
+        return fresh
+
+
+@dataclass
+class _Rows:
+    """One batch's updating rows, grouped by series (sorted order)."""
+
+    rows: np.ndarray  # original row numbers
+    seg: np.ndarray  # segment number of each row
+    series: np.ndarray  # series code of each segment
+    lengths: np.ndarray
+    starts: np.ndarray
+    rank: np.ndarray  # row number inside its segment
+    seen: np.ndarray  # per segment: records of the series before this batch
+    is_bar: np.ndarray  # per segment
+    layout: ScanLayout
+
+
+@dataclass
+class IndicatorState:
+    """Streaming indicators for every series: ``add`` batches, ``snapshot``/``restore`` the state.
+
+    Example: trade ingest --source sim | trade enrich --state enrich.state | trade screen
+    """
+
+    spec: Spec = field(default_factory=Spec)
+
+    def __post_init__(self) -> None:
+        self.averages = _averages(self.spec)
+        windows = [*self.spec.sma, *self.spec.volume_avg, *(n for n, _ in self.spec.bbands), 2]
+        self.history = max(windows) - 1
+        self.clock = SessionClock(self.spec.session_start, self.spec.timezone)
+        self.columns = self.spec.columns()
+        self._keys: list[tuple[int, str]] = []  # (kind, symbol) of each series code
+        self._codes: dict[tuple[int, str], int] = {}
+        self._state = _Arrays.empty(64, self.history, len(self.averages))
+        self._lut_dictionary: pa.Array | None = None
+        self._lut = np.empty(0, dtype=np.int64)
+
+    # -- the talipp-like interface --------------------------------------------------------------
+    @property
+    def series(self) -> int:
+        return len(self._keys)
+
+    @property
+    def symbols(self) -> int:
+        return len({symbol for _, symbol in self._keys})
+
+    def add(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+        """The batch with its indicator columns; the state moves on past its records."""
+        return self._enrich(batch)
+
+    def snapshot(self) -> bytes:
+        """The whole state as bytes (magic line, JSON header, numpy arrays)."""
+        used = len(self._keys)
+        s = self._state
+        arrays = {
+            "count": s.count[:used],
+            "prices": s.prices[:used],
+            "volumes": s.volumes[:used],
+            "warm": s.warm[:, :used],
+            "value": s.value[:, :used],
+            "session": s.session[:used],
+            "pv": s.pv[:used],
+            "volume": s.volume[:used],
+            "high": s.high[:used],
+            "low": s.low[:used],
+        }
+        header = {
+            "version": SNAPSHOT_VERSION,
+            "indicators": self.spec.indicators(),
+            "history": self.history,
+            "averages": [asdict(a) for a in self.averages],
+            "kinds": [kind for kind, _ in self._keys],
+            "symbols": [symbol for _, symbol in self._keys],
+        }
+        buffer = io.BytesIO()
+        np.savez(buffer, allow_pickle=False, **arrays)
+        head = json.dumps(header, separators=(",", ":")).encode()
+        return SNAPSHOT_MAGIC + head + b"\n" + buffer.getvalue()
+
+    def restore(self, data: bytes) -> None:
+        """Continue from a snapshot. Raises ValueError if it is not one, or is for other indicators."""
+        if not data.startswith(SNAPSHOT_MAGIC):
+            raise ValueError("not an enrich state file")
+        head, _, payload = data[len(SNAPSHOT_MAGIC) :].partition(b"\n")
+        try:
+            header = json.loads(head)
+        except ValueError as err:
+            raise ValueError("the state file's header is damaged") from err
+        if header.get("version") != SNAPSHOT_VERSION:
+            raise ValueError(f"state file version {header.get('version')} is not {SNAPSHOT_VERSION}")
+        if header.get("indicators") != self.spec.indicators():
+            raise ValueError("the state file was saved with other indicators or periods")
+        try:
+            with np.load(io.BytesIO(payload), allow_pickle=False) as npz:
+                loaded = {name: npz[name] for name in npz.files}
+        except (ValueError, OSError, KeyError, EOFError, zipfile.BadZipFile) as err:
+            raise ValueError("the state file's arrays are damaged") from err
+        kinds, symbols = header["kinds"], header["symbols"]
+        used = len(symbols)
+        expected = {name for name in vars(self._state)}
+        if set(loaded) != expected or len(kinds) != used:
+            raise ValueError("the state file's arrays are incomplete")
+        state = _Arrays.empty(max(64, used), self.history, len(self.averages))
+        try:
+            for name, array in loaded.items():
+                target = getattr(state, name)
+                if name in ("warm", "value"):
+                    target[:, :used] = array
+                else:
+                    target[:used] = array
+        except ValueError as err:
+            raise ValueError("the state file's arrays have the wrong shape") from err
+        self._state = state
+        self._keys = [(int(k), str(s)) for k, s in zip(kinds, symbols, strict=True)]
+        self._codes = {key: i for i, key in enumerate(self._keys)}
+        self._lut_dictionary = None
+
+    # -- series codes ---------------------------------------------------------------------------
+    def _series_codes(self, dictionary: pa.Array, indices: np.ndarray, is_bar: np.ndarray) -> np.ndarray:
+        """A series code per row from the symbol dictionary index and the kind (trade/bar)."""
+        size = len(dictionary)
+        if self._lut_dictionary is None or not (
+            dictionary is self._lut_dictionary or dictionary.equals(self._lut_dictionary)
+        ):
+            self._lut_dictionary = dictionary
+            self._lut = np.full(2 * size, -1, dtype=np.int64)
+        key = indices.astype(np.int64) + is_bar.astype(np.int64) * size
+        codes = self._lut[key]
+        if (codes < 0).any():
+            names = dictionary.to_pylist()
+            for k in np.unique(key[codes < 0]):
+                kind, symbol = int(k // size), str(names[int(k % size)])
+                code = self._codes.get((kind, symbol))
+                if code is None:
+                    code = len(self._keys)
+                    self._keys.append((kind, symbol))
+                    self._codes[(kind, symbol)] = code
+                self._lut[k] = code
+            if len(self._keys) > self._state.count.shape[0]:
+                self._state = self._state.grown(max(2 * self._state.count.shape[0], len(self._keys)))
+            codes = self._lut[key]
+        out: np.ndarray = codes
+        return out
+
+    def _group(self, rows: np.ndarray, codes: np.ndarray, is_bar_row: np.ndarray) -> _Rows:
+        n_series = len(self._keys)
+        sortable = codes.astype(np.uint16) if n_series <= 65_536 else codes
+        order = np.argsort(sortable, kind="stable")  # uint16: a radix sort
+        per_series = np.bincount(codes, minlength=n_series)
+        series = np.flatnonzero(per_series)
+        lengths = per_series[series]
+        starts = np.cumsum(lengths) - lengths
+        return _Rows(
+            rows=rows[order],
+            seg=np.repeat(np.arange(series.size), lengths),
+            series=series,
+            lengths=lengths,
+            starts=starts,
+            rank=np.arange(rows.size) - np.repeat(starts, lengths),
+            seen=self._state.count[series],
+            is_bar=is_bar_row[order][starts],
+            layout=ScanLayout(lengths),
+        )
+
+    # -- one batch ------------------------------------------------------------------------------
+    def _enrich(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+        names = batch.schema.names
+        if "type" not in names or batch.num_rows == 0:
+            return batch
+        kinds = _type_codes(batch.column("type"))
+        if not (kinds > 0).any():
+            return batch  # no market records: nothing to add
+        n = batch.num_rows
+        is_trade, is_quote, is_bar = kinds == TRADE, kinds == QUOTE, kinds == BAR
+        price = _floats(batch, "price") if is_trade.any() else None
+        close = _floats(batch, "close") if is_bar.any() else None
+        updating = np.zeros(n, dtype=bool)
+        if price is not None:
+            updating |= is_trade & ~np.isnan(price)
+        if close is not None:
+            updating |= is_bar & ~np.isnan(close)
+        symbol: pa.Array | None = batch.column("symbol") if "symbol" in names else None
+        if symbol is None:
+            updating[:] = False
+        else:
+            if not pa.types.is_dictionary(symbol.type):
+                symbol = pc.dictionary_encode(symbol.cast(pa.string()))
+            if symbol.null_count:
+                updating &= np.asarray(symbol.is_valid())
+
+        floats: dict[str, np.ndarray] = {}  # original row order, NaN = null
+        day_volume: pa.Array | None = None
+        bar_vwap = _bar_vwap(batch, is_bar) if is_bar.any() else None
+        rows = np.flatnonzero(updating)
+        if rows.size:
+            assert symbol is not None
+            indices = np.asarray(symbol.indices.to_numpy(zero_copy_only=False))[rows]
+            codes = self._series_codes(symbol.dictionary, indices, is_bar[rows])
+            group = self._group(rows, codes, is_bar[rows])
+            values, volumes, commit = self._compute(batch, group, price, close, bar_vwap)
+            everything = rows.size == n
+            for name, column in values.items():
+                full = np.empty(n) if everything else np.full(n, np.nan)
+                full[group.rows] = column
+                floats[name] = full
+            full = np.zeros(n, dtype=np.int64)
+            full[group.rows] = volumes
+            day_volume = from_numpy(full, mask=~updating)
+            commit()
+        if is_quote.any():
+            bid, ask = _floats(batch, "bid"), _floats(batch, "ask")
+            with np.errstate(invalid="ignore"):
+                both = is_quote & (bid > 0) & (ask > 0)
+            floats["mid"] = np.where(both, (bid + ask) / 2, np.nan)
+            floats["spread"] = np.where(both, ask - bid, np.nan)
+
+        new: dict[str, pa.Array] = {}
+        for name in self.columns:
+            if name == "day_volume":
+                new[name] = day_volume if day_volume is not None else pa.nulls(n, I64)
+            elif name in floats:
+                values_ = np.ascontiguousarray(floats[name])
+                new[name] = from_numpy(values_, mask=np.isnan(values_))
+            else:
+                new[name] = pa.nulls(n, F64)
+        return _assemble(batch, new, updating | is_quote, bar_vwap)
+
+    def _compute(
+        self,
+        batch: pa.RecordBatch,
+        g: _Rows,
+        price: np.ndarray | None,
+        close: np.ndarray | None,
+        bar_vwap: pa.Array | None,
+    ) -> tuple[dict[str, np.ndarray], np.ndarray, Callable[[], None]]:
+        """Every float indicator for the grouped rows (sorted order), day volume, and a commit."""
+        st, spec, h = self._state, self.spec, self.history
+        rows, lengths, starts = g.rows, g.lengths, g.starts
+        total, segments = rows.size, lengths.size
+        any_bar = bool(g.is_bar.any())
+        bar_row = np.repeat(g.is_bar, lengths) if any_bar else None
+        if close is None:
+            assert price is not None
+            x = price[rows]
+        elif price is None:
+            x = close[rows]
+        else:
+            x = np.where(np.repeat(g.is_bar, lengths), close[rows], price[rows])
+        volume, volume_ok = _ints(batch, "volume")
+        vol = volume[rows]
+
+        # the flat history-plus-batch layout: per segment, h carried values then the new ones
+        base = starts + np.arange(segments) * h
+        at = np.arange(total) + np.repeat((np.arange(segments) + 1) * h, lengths)
+        hist_at = (base[:, None] + np.arange(h)).ravel()
+        flat = np.empty(total + segments * h)
+        flat[at] = x
+        flat[hist_at] = st.prices[g.series].ravel()
+        prev = flat[at - 1]  # the previous price of the series (valid from its second record)
+        position = np.repeat(g.seen, lengths) + g.rank if total else g.rank
+
+        out: dict[str, np.ndarray] = {}
+        smas: dict[int, np.ndarray] = {}
+
+        def sma(width: int) -> np.ndarray:
+            if width not in smas:
+                values = window_sums(flat, at, width) / width
+                if int(g.seen.min()) < width - 1:
+                    values[position < width - 1] = np.nan
+                smas[width] = values
+            return smas[width]
+
+        # the session: VWAP, and the day's range and volume
+        keys = self.clock.keys(_ints(batch, "timestamp")[0][rows])
+        carried = st.session[g.series]
+        if int(keys.min()) == int(keys.max()):
+            key = int(keys[0])
+            epoch = np.maximum(carried, key)[g.seg]
+            continues = carried >= key
+            runs = g.layout
+            run_series = g.series
+        else:
+            init = np.where(carried == _NO_SESSION, -np.inf, carried.astype(np.float64))
+            epoch_f = g.layout.scan(keys.astype(np.float64)[None, :], init[None, :], _MAX)[0]
+            before = np.empty(total)
+            before[1:] = epoch_f[:-1]
+            before[starts] = init
+            reset = epoch_f > before
+            epoch = epoch_f.astype(np.int64)
+            flags = reset.copy()
+            flags[starts] = True
+            run_first = np.flatnonzero(flags)
+            run_lengths = np.diff(np.append(run_first, total))
+            continues = (g.rank[run_first] == 0) & ~reset[run_first]
+            runs = ScanLayout(run_lengths) if run_first.size != segments else g.layout
+            run_series = g.series[g.seg[run_first]]
+        if any_bar:
+            assert bar_row is not None
+            high = np.where(bar_row, _floats(batch, "high")[rows], x)
+            low = np.where(bar_row, _floats(batch, "low")[rows], x)
+            typical = (high + low + x) / 3
+            own = bar_vwap.to_numpy(zero_copy_only=False)[rows] if bar_vwap is not None else typical
+            vwap_price = np.where(bar_row, np.where(np.isnan(own), typical, own), x)
+        else:
+            high = low = vwap_price = x
+        cum_pv = runs.scan(
+            (vwap_price * vol)[None, :], np.where(continues, st.pv[run_series], 0.0)[None, :], _LINEAR
+        )[0]
+        cum_v = seg_cumsum_int(vol, runs.lengths, np.where(continues, st.volume[run_series], 0))
+        day_high = runs.scan(high[None, :], np.where(continues, st.high[run_series], -np.inf)[None, :], _MAX)[
+            0
+        ]
+        day_low = runs.scan(low[None, :], np.where(continues, st.low[run_series], np.inf)[None, :], _MIN)[0]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out["vwap"] = np.where(cum_v > 0, cum_pv / cum_v, np.nan)
+
+        for width in spec.sma:
+            out[f"sma_{width}"] = sma(width)
+
+        # exponential averages, those of prices first, then the MACD signal lines built on them
+        sources: dict[str, np.ndarray] = {"price": x}
+        if any(avg.source in ("gain", "loss") for avg in self.averages):
+            change = x - prev
+            sources["gain"], sources["loss"] = np.maximum(change, 0.0), np.maximum(-change, 0.0)
+        if any(avg.source == "range" for avg in self.averages):
+            sources["range"] = np.maximum(high - low, np.maximum(np.abs(high - prev), np.abs(low - prev)))
+        averaged: dict[Average, np.ndarray] = {}
+        new_warm = st.warm[:, g.series].copy()
+        new_value = st.value[:, g.series].copy()
+        first_stage = [i for i, avg in enumerate(self.averages) if not avg.source.startswith("macd:")]
+        second_stage = [i for i, avg in enumerate(self.averages) if avg.source.startswith("macd:")]
+        self._averages(g, first_stage, sources, bar_row, averaged, new_warm, new_value)
+        for i in second_stage:
+            fast, slow = (int(p) for p in self.averages[i].source.split(":")[1].split(","))
+            line = averaged[ema_average("price", fast, slow - fast)] - averaged[ema_average("price", slow)]
+            sources[self.averages[i].source] = line
+        self._averages(g, second_stage, sources, bar_row, averaged, new_warm, new_value)
+
+        for width in spec.ema:
+            out[f"ema_{width}"] = averaged[ema_average("price", width)]
+        for width in spec.rsi:
+            gain, loss = averaged[wilder_average("gain", width)], averaged[wilder_average("loss", width)]
+            both = gain + loss
+            with np.errstate(invalid="ignore", divide="ignore"):
+                out[f"rsi_{width}"] = np.where(both == 0, 0.0, 100.0 * gain / both)
+            out[f"rsi_{width}"][np.isnan(both)] = np.nan
+        for triple in spec.macd:
+            fast, slow, signal = macd_periods(triple)
+            line = sources[f"macd:{fast},{slow}"]
+            sig = averaged[ema_average(f"macd:{fast},{slow}", signal, slow - 1)]
+            suffix = "_".join(map(str, triple))
+            out[f"macd_{suffix}"] = np.where(np.isnan(sig), np.nan, line)
+            out[f"macd_signal_{suffix}"] = sig
+            out[f"macd_hist_{suffix}"] = line - sig
+        for width, k in spec.bbands:
+            middle = sma(width)
+            centred = flat - np.repeat(x[starts], lengths + h)  # small numbers: no cancellation
+            mean = window_sums(centred, at, width) / width
+            square = window_sums(centred * centred, at, width) / width
+            std = np.sqrt(np.maximum(square - mean * mean, 0.0))
+            suffix = f"{width}_{format_number(k)}"
+            out[f"bb_upper_{suffix}"] = middle + k * std
+            out[f"bb_middle_{suffix}"] = middle
+            out[f"bb_lower_{suffix}"] = middle - k * std
+        for width in spec.atr:
+            out[f"atr_{width}"] = averaged[wilder_average("range", width, bars_only=True)]
+
+        flat_v = np.empty(total + segments * h, dtype=np.int64)
+        if spec.volume_avg or h:
+            flat_v[at] = vol
+            flat_v[hist_at] = st.volumes[g.series].ravel()
+        for i, width in enumerate(spec.volume_avg):
+            average = window_sums_int(flat_v, at, width) / width
+            if int(g.seen.min()) < width - 1:
+                average[position < width - 1] = np.nan
+            out[f"avg_volume_{width}"] = average
+            if i == 0:
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    ratio = np.where(average > 0, vol / average, np.nan)
+                if not volume_ok.all():
+                    ratio[~volume_ok[rows]] = np.nan
+                out["volume_ratio"] = ratio
+        out["gap_pct"] = x / _floats(batch, "prev_close")[rows] - 1.0
+        out["day_high"] = day_high
+        out["day_low"] = day_low
+
+        last = starts + lengths - 1  # a segment's last session run ends at its last row
+        history_at = (base + lengths)[:, None] + np.arange(h)
+
+        def commit() -> None:
+            series = g.series
+            st.count[series] += lengths
+            st.prices[series] = flat[history_at]
+            st.volumes[series] = flat_v[history_at]
+            st.warm[:, series] = new_warm
+            st.value[:, series] = new_value
+            st.session[series] = epoch[last]
+            st.pv[series] = cum_pv[last]
+            st.volume[series] = cum_v[last]
+            st.high[series] = day_high[last]
+            st.low[series] = day_low[last]
+
+        return out, cum_v, commit
+
+    def _averages(
+        self,
+        g: _Rows,
+        chosen: list[int],
+        sources: dict[str, np.ndarray],
+        bar_row: np.ndarray | None,
+        averaged: dict[Average, np.ndarray],
+        new_warm: np.ndarray,
+        new_value: np.ndarray,
+    ) -> None:
+        """Run the chosen averages; those whose seeds fall on the same rows share one scan."""
+        lengths, seen = g.lengths, g.seen
+        groups: dict[bytes, list[int]] = {}
+        skip: dict[int, np.ndarray] = {}  # rows to skip at the head of each segment (before the seed)
+        for i in chosen:
+            avg = self.averages[i]
+            source = sources[avg.source]
+            warm_end = avg.start + avg.period  # series positions start .. warm_end-1 are summed
+            if bool(((seen < warm_end) & (seen + lengths > avg.start)).any()):
+                index = np.repeat(seen, lengths) + g.rank - avg.start
+                warming = (index >= 0) & (index < avg.period)
+                if avg.bars_only:
+                    warming &= bar_row if bar_row is not None else False
+                new_warm[i] += np.bincount(g.seg[warming], weights=source[warming], minlength=lengths.size)
+            head = np.clip(warm_end - 1 - seen, 0, lengths)
+            if avg.bars_only:
+                head = np.where(g.is_bar, head, lengths)
+            skip[i] = head
+            groups.setdefault(head.tobytes(), []).append(i)
+        for members in groups.values():
+            head = skip[members[0]]
+            on_lengths = lengths - head
+            if not on_lengths.any():
+                for i in members:
+                    averaged[self.averages[i]] = np.full(g.rows.size, np.nan)
+                continue
+            every = not head.any()
+            on = None if every else np.flatnonzero(g.rank >= np.repeat(head, lengths))
+            layout = g.layout if every else ScanLayout(on_lengths)
+            on_starts = np.cumsum(on_lengths) - on_lengths
+            inputs = np.empty((len(members), int(on_lengths.sum())))
+            init = np.empty((len(members), lengths.size))
+            decay = np.empty(len(members))
+            for c, i in enumerate(members):
+                avg = self.averages[i]
+                source = sources[avg.source]
+                np.multiply(source if on is None else source[on], avg.weight, out=inputs[c])
+                seeded = seen - avg.start >= avg.period
+                # a series whose seed is in this batch starts from 0 with the seed as its input
+                seeding = ~seeded & (on_lengths > 0)
+                inputs[c, on_starts[seeding]] = new_warm[i, seeding] / avg.period
+                init[c] = np.where(seeded, new_value[i], 0.0)
+                decay[c] = avg.decay
+            result = layout.scan(inputs, init, _LINEAR, decay)
+            has = on_lengths > 0
+            ends = (on_starts + on_lengths - 1)[has]
+            for c, i in enumerate(members):
+                if on is None:
+                    values = result[c]
+                else:
+                    values = np.full(g.rows.size, np.nan)
+                    values[on] = result[c]
+                averaged[self.averages[i]] = values
+                new_value[i, has] = result[c, ends]
+
+
+# ---------------------------------------------------------------------------------------------
+# Columns in and out
+
+
+def _type_codes(column: pa.Array) -> np.ndarray:
+    """0 (other), TRADE, QUOTE or BAR per row."""
+    if not pa.types.is_dictionary(column.type):
+        column = pc.dictionary_encode(column.cast(pa.string()))
+    lookup = np.array([_TYPE_CODES.get(v, 0) for v in column.dictionary.to_pylist()] + [0], dtype=np.int8)
+    indices = column.indices
+    if indices.null_count:
+        indices = indices.fill_null(len(lookup) - 1)
+    out: np.ndarray = lookup[np.asarray(indices.to_numpy(zero_copy_only=False))]
+    return out
+
+
+def _floats(batch: pa.RecordBatch, name: str) -> np.ndarray:
+    """A column as float64 with NaN for nulls (all NaN if absent)."""
+    index = batch.schema.get_field_index(name)
+    if index < 0:
+        return np.full(batch.num_rows, np.nan)
+    column = batch.column(index)
+    if column.type != F64:
+        try:
+            column = column.cast(F64)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+            return np.full(batch.num_rows, np.nan)
+    out: np.ndarray = np.asarray(column.to_numpy(zero_copy_only=False), dtype=np.float64)
+    return out
+
+
+def _ints(batch: pa.RecordBatch, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """An integer (or timestamp) column as int64 with 0 for nulls, and where it was valid."""
+    index = batch.schema.get_field_index(name)
+    n = batch.num_rows
+    if index < 0:
+        return np.zeros(n, dtype=np.int64), np.zeros(n, dtype=bool)
+    column = batch.column(index)
+    if pa.types.is_timestamp(column.type):
+        column = column.cast(pa.int64())
+    elif column.type != I64:
+        try:
+            column = column.cast(I64)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+            return np.zeros(n, dtype=np.int64), np.zeros(n, dtype=bool)
+    valid = np.ones(n, dtype=bool) if column.null_count == 0 else np.asarray(column.is_valid())
+    if column.null_count:
+        column = column.fill_null(0)
+    return np.asarray(column.to_numpy(zero_copy_only=False), dtype=np.int64), valid
+
+
+def _bar_vwap(batch: pa.RecordBatch, is_bar: np.ndarray) -> pa.Array | None:
+    """The bars' own VWAP column (``bar_vwap``, else a bar's provider ``vwap``), or None."""
+    names = batch.schema.names
+    if "bar_vwap" in names:
+        column = batch.column("bar_vwap")
+        return column if column.type == F64 else column.cast(F64)
+    if "vwap" not in names:
+        return None
+    vwap = batch.column("vwap")
+    vwap = vwap if vwap.type == F64 else vwap.cast(F64)
+    return pc.if_else(from_numpy(is_bar), vwap, pa.scalar(None, F64))
+
+
+def _assemble(
+    batch: pa.RecordBatch, new: dict[str, pa.Array], owned: np.ndarray, bar_vwap: pa.Array | None
+) -> pa.RecordBatch:
+    """Input columns first (a bar's provider vwap kept as bar_vwap), then the indicator columns.
+
+    An indicator column that the input already had (enriched twice) is replaced on the rows
+    enrich computes and kept on the others.
+    """
+    columns = list(batch.columns)
+    names = list(batch.schema.names)
+    if bar_vwap is not None:
+        if "bar_vwap" in names:
+            columns[names.index("bar_vwap")] = bar_vwap
+        else:
+            names.append("bar_vwap")
+            columns.append(bar_vwap)
+    owned_arrow: pa.Array | None = None
+    for name, column in new.items():
+        if name not in names:
+            names.append(name)
+            columns.append(column)
+            continue
+        i = names.index(name)
+        if owned_arrow is None:
+            owned_arrow = from_numpy(owned)
+        try:
+            columns[i] = pc.if_else(owned_arrow, column, columns[i].cast(column.type))
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+            columns[i] = column
+    return pa.record_batch(columns, names=names)
