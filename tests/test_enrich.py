@@ -59,6 +59,7 @@ class StreamSpec:
     days: int = 1  # sessions spanned (timestamps run over several days)
     start: datetime = field(default_factory=lambda: datetime(2026, 11, 20, 14, 30, tzinfo=UTC))
     no_prev_close: int = 0  # symbols without prev_close
+    grid: float = 0.0  # round prices to this tick (flat windows after moves)
 
 
 def generate(spec: StreamSpec) -> pa.RecordBatch:
@@ -86,6 +87,8 @@ def generate(spec: StreamSpec) -> pa.RecordBatch:
         walk = level[s] * np.exp(np.cumsum(steps[mask]))
         price[mask] = level[s] if s < spec.flat else walk
     price = np.round(price, 12) if not spec.huge_tiny else price
+    if spec.grid:
+        price = np.maximum(np.round(price / spec.grid) * spec.grid, spec.grid)
     volume = rng.choice([0, 1, 7, 50, 100, 200, 500, 1000, 25_000], size=n)
     volume[np.isin(sym, np.arange(spec.flat, spec.flat + spec.zero_volume))] = 0
     span = spec.days * 86_400 - 60
@@ -288,6 +291,8 @@ CASES = {
     ),
     "bars": StreamSpec(rows=4000, symbols=6, bars=0.5, quotes=0.1),
     "no_prev_close": StreamSpec(rows=1500, symbols=6, no_prev_close=3),
+    "penny_grid": StreamSpec(rows=6000, symbols=6, grid=0.01),
+    "subpenny_grid": StreamSpec(rows=4000, symbols=4, huge_tiny=True, grid=1e-4),
 }
 
 
@@ -301,7 +306,8 @@ def test_default_columns_match_talib() -> None:
     stream = StreamSpec(rows=3000, symbols=7, seed=4, quotes=0.1)
     names = generate(stream).schema.names
     table = check(stream, Spec())
-    assert table.schema.names == [*names, *(c for c in Spec().columns() if c not in names)]
+    # the input has a vwap column (bars carry one): the provider's value is kept as bar_vwap
+    assert table.schema.names == [*names, "bar_vwap", *(c for c in Spec().columns() if c not in names)]
 
 
 def test_column_names() -> None:

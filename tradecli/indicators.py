@@ -36,7 +36,7 @@ from __future__ import annotations
 import io
 import json
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import date, datetime, time, timedelta
 from typing import Any
@@ -121,37 +121,10 @@ def _block_size(total: int, segments: int) -> int:
     return 32 if mean >= 24 else 16 if mean >= 12 else 8
 
 
-def _local_linear(blocks: np.ndarray, a: np.ndarray) -> np.ndarray:
-    """Inclusive ``y_k = a*y_{k-1} + b_k`` along the last axis of ``blocks`` (channels, n, width)."""
-    width = blocks.shape[2]
-    steps = np.arange(width, dtype=np.float64)
-    closed = (a == 1.0) | (a ** (width - 1) > 1e-200)
-    if bool(closed.all()):
-        if bool((a == 1.0).all()):
-            return np.cumsum(blocks, axis=2)
-        # closed form: y_k = a**k * sum_j a**-j b_j. Every term keeps its sign, so the relative error
-        # stays that of a plain sum of `width` terms.
-        up = np.power((1.0 / a)[:, None], steps)[:, None, :]
-        out = np.cumsum(blocks * up, axis=2)
-        out *= np.power(a[:, None], steps)[:, None, :]
-        return out
-    out = np.empty_like(blocks)
-    for c in range(blocks.shape[0]):
-        if closed[c]:
-            out[c : c + 1] = _local_linear(blocks[c : c + 1], a[c : c + 1])
-            continue
-        # a tiny multiplier (EMA(1), or a deep level of the scan): a small matrix product
-        lag = np.maximum(steps[:, None] - steps[None, :], 0.0)
-        with np.errstate(under="ignore"):
-            weights = np.where(steps[:, None] >= steps[None, :], np.power(a[c], lag), 0.0)
-        out[c] = blocks[c] @ weights.T
-    return out
-
-
 class ScanLayout:
     """Where each value of a segmented scan goes: blocks of 8-32 values, never shared by two segments.
 
-    Built once per segmentation and reused by every scan over it (sums, max/min, each average).
+    Built once per segmentation and reused by every scan over it; one call scans many channels.
     """
 
     def __init__(self, lengths: np.ndarray) -> None:
@@ -168,58 +141,99 @@ class ScanLayout:
         self.width = width
         self.n_blocks = int(blocks_per.sum())
         self.pos = np.repeat(first_block * width - starts, lengths) + np.arange(self.total)
+        unused = np.ones(self.n_blocks * width, dtype=bool)
+        unused[self.pos] = False
+        self.pad = np.flatnonzero(unused)
         self.has = blocks_per > 0
         self.first_block = first_block[self.has]
         if int(blocks_per.max()) > 1:
             self.child = ScanLayout(blocks_per)
 
-    def scan(self, values: np.ndarray, init: np.ndarray, op: int, a: np.ndarray | None = None) -> np.ndarray:
+    def scan(
+        self, values: Sequence[np.ndarray], init: np.ndarray, op: int, a: np.ndarray | None = None
+    ) -> np.ndarray:
         """Inclusive scan of each segment of every channel (row of ``values``), from ``init``.
 
         ``op`` is ``_LINEAR`` (``y = a*y' + v`` with ``a`` per channel; ``a = 1`` is a running sum),
-        ``_MAX`` or ``_MIN``. ``values`` is (channels, total), ``init`` (channels, segments).
+        ``_MAX`` or ``_MIN``. ``values`` holds one array per channel (or is a 2-d array),
+        ``init`` is (channels, segments).
         """
-        channels = values.shape[0]
+        channels = len(values)
         if a is None:
             a = np.ones(channels)
         if self.total == 0:
             return np.empty((channels, 0))
         if self.simple:
             start = np.repeat(init, self.lengths, axis=1)
+            stacked = np.stack(values) if not isinstance(values, np.ndarray) else values
             if op == _LINEAR:
-                simple: np.ndarray = a[:, None] * start + values
+                simple: np.ndarray = a[:, None] * start + stacked
             else:
-                simple = np.maximum(start, values) if op == _MAX else np.minimum(start, values)
+                simple = np.maximum(start, stacked) if op == _MAX else np.minimum(start, stacked)
             return simple
-        width = self.width
-        padded = np.full((channels, self.n_blocks * width), _IDENTITY[op])
-        padded[:, self.pos] = values
-        blocks = padded.reshape(channels, self.n_blocks, width)
+        width, n_blocks = self.width, self.n_blocks
+        padded = np.empty((channels, n_blocks * width))
+        for row, channel in zip(padded, values, strict=True):  # 1-d fancy indexing is 3x faster
+            row[self.pos] = channel
+            if self.pad.size:
+                row[self.pad] = _IDENTITY[op]
+        blocks = padded.reshape(channels, n_blocks, width)
+        steps = np.arange(width, dtype=np.float64)
+        closed = np.ones(channels, dtype=bool)
         if op == _LINEAR:
-            local = _local_linear(blocks, a)
-        elif op == _MAX:
-            local = np.maximum.accumulate(blocks, axis=2)
-        else:
-            local = np.minimum.accumulate(blocks, axis=2)
+            with np.errstate(under="ignore"):
+                closed = (a == 1.0) | (a ** (width - 1) > 1e-200)
+            plain = bool((a == 1.0).all())
+            if not plain:
+                # closed form inside a block: y_k = a**k * (carry*a + sum_j a**-j b_j). Every term keeps
+                # its sign, so the relative error stays that of a plain sum of `width` terms.
+                with np.errstate(divide="ignore", over="ignore"):
+                    up = np.where(closed[:, None], np.power((1.0 / a)[:, None], steps), 1.0)
+                blocks *= up[:, None, :]
+        # each block's own total (as if the series started at the block), for the carries
+        ends: np.ndarray | None = None
+        if self.child is not None:
+            if op == _LINEAR:
+                with np.errstate(under="ignore"):
+                    ends = blocks.sum(axis=2) * (a ** (width - 1))[:, None]
+            else:
+                ends = blocks.max(axis=2) if op == _MAX else blocks.min(axis=2)
+        tiny = np.flatnonzero(~closed)
+        raw: dict[int, np.ndarray] = {int(c): blocks[c].copy() for c in tiny}
+        for c, block in raw.items():  # a tiny multiplier (EMA(1), deep levels): a small matrix
+            with np.errstate(under="ignore"):
+                weights = np.power(a[c], np.maximum(steps[:, None] - steps[None, :], 0.0))
+            weights[steps[:, None] < steps[None, :]] = 0.0
+            if ends is not None:
+                ends[c] = block @ weights[-1]
+            raw[c] = block @ weights.T
         if self.child is None:
             incoming = init[:, self.has]
         else:
+            assert ends is not None
             with np.errstate(under="ignore"):
-                ends = self.child.scan(
-                    np.ascontiguousarray(local[:, :, -1]), init, op, a**width if op == _LINEAR else None
-                )
-            incoming = np.empty((channels, self.n_blocks))
-            incoming[:, 1:] = ends[:, :-1]
+                carried = self.child.scan(list(ends), init, op, a**width if op == _LINEAR else None)
+            incoming = np.empty((channels, n_blocks))
+            incoming[:, 1:] = carried[:, :-1]
             incoming[:, self.first_block] = init[:, self.has]
+        head = blocks[:, :, 0]
         if op == _LINEAR:
-            with np.errstate(under="ignore"):
-                powers = np.power(a[:, None], np.arange(1, width + 1, dtype=np.float64))
-            local += incoming[:, :, None] * powers[:, None, :]
+            head += incoming * a[:, None]
+            np.cumsum(blocks, axis=2, out=blocks)
+            if not plain:
+                with np.errstate(under="ignore"):
+                    down = np.where(closed[:, None], np.power(a[:, None], steps), 1.0)
+                blocks *= down[:, None, :]
+            for c, local in raw.items():
+                with np.errstate(under="ignore"):
+                    blocks[c] = local + incoming[c][:, None] * np.power(a[c], steps + 1)
         elif op == _MAX:
-            np.maximum(local, incoming[:, :, None], out=local)
+            np.maximum(head, incoming, out=head)
+            np.maximum.accumulate(blocks, axis=2, out=blocks)
         else:
-            np.minimum(local, incoming[:, :, None], out=local)
-        out: np.ndarray = local.reshape(channels, -1)[:, self.pos]
+            np.minimum(head, incoming, out=head)
+            np.minimum.accumulate(blocks, axis=2, out=blocks)
+        out: np.ndarray = np.take(padded, self.pos, axis=1)
         return out
 
 
@@ -227,7 +241,7 @@ def seg_scan(
     values: np.ndarray, lengths: np.ndarray, init: np.ndarray, op: int, a: float = 1.0
 ) -> np.ndarray:
     """One channel of :meth:`ScanLayout.scan`: ``values`` (total,), ``init`` (segments,)."""
-    out: np.ndarray = ScanLayout(lengths).scan(values[None, :], init[None, :], op, np.array([a]))[0]
+    out: np.ndarray = ScanLayout(lengths).scan([values], init[None, :], op, np.array([a]))[0]
     return out
 
 
@@ -263,6 +277,48 @@ def window_sums(flat: np.ndarray, ends: np.ndarray, width: int) -> np.ndarray:
     tail = suffix[first]
     tail[first % width == 0] = 0.0  # the window is exactly one block: the prefix has it all
     out: np.ndarray = prefix[ends] + tail
+    return out
+
+
+def _welford(blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Running mean and sum of squared deviations along each row (Welford): no cancellation."""
+    width = blocks.shape[1]
+    means = np.empty_like(blocks)
+    m2s = np.empty_like(blocks)
+    mean = blocks[:, 0].copy()
+    m2 = np.zeros(blocks.shape[0])
+    means[:, 0], m2s[:, 0] = mean, m2
+    for k in range(1, width):  # a loop over positions in a block, each step over every block
+        x = blocks[:, k]
+        delta = x - mean
+        mean = mean + delta / (k + 1)
+        m2 = m2 + delta * (x - mean)
+        means[:, k], m2s[:, k] = mean, m2
+    return means, m2s
+
+
+def window_variance(flat: np.ndarray, ends: np.ndarray, width: int) -> np.ndarray:
+    """Population variance of ``flat[e - width + 1 : e + 1]`` for every ``e`` in ``ends``.
+
+    Van Herk blocks again, each side a Welford running mean and M2, joined with Chan's formula:
+    exact zero for a flat window, and no E[x^2] - E[x]^2 cancellation at any price level.
+    """
+    if width == 1:
+        return np.zeros(ends.size)
+    size = flat.shape[0]
+    n_blocks = -(-size // width)
+    padded = np.zeros(n_blocks * width)
+    padded[:size] = flat
+    blocks = padded.reshape(n_blocks, width)
+    prefix_mean, prefix_m2 = (a.ravel() for a in _welford(blocks))
+    suffix_mean, suffix_m2 = (a[:, ::-1].ravel() for a in _welford(blocks[:, ::-1]))
+    first = ends - (width - 1)
+    tail = width - first % width  # values in the suffix part
+    head = width - tail
+    delta = prefix_mean[ends] - suffix_mean[first]
+    joined = suffix_m2[first] + prefix_m2[ends] + delta * delta * (tail * head / width)
+    m2 = np.where(first % width == 0, prefix_m2[ends], joined)
+    out: np.ndarray = np.maximum(m2, 0.0) / width
     return out
 
 
@@ -628,7 +684,7 @@ class IndicatorState:
 
         floats: dict[str, np.ndarray] = {}  # original row order, NaN = null
         day_volume: pa.Array | None = None
-        bar_vwap = _bar_vwap(batch, is_bar) if is_bar.any() else None
+        bar_vwap = _bar_vwap(batch, is_bar)
         rows = np.flatnonzero(updating)
         if rows.size:
             assert symbol is not None
@@ -719,7 +775,7 @@ class IndicatorState:
             run_series = g.series
         else:
             init = np.where(carried == _NO_SESSION, -np.inf, carried.astype(np.float64))
-            epoch_f = g.layout.scan(keys.astype(np.float64)[None, :], init[None, :], _MAX)[0]
+            epoch_f = g.layout.scan([keys.astype(np.float64)], init[None, :], _MAX)[0]
             before = np.empty(total)
             before[1:] = epoch_f[:-1]
             before[starts] = init
@@ -741,17 +797,17 @@ class IndicatorState:
             vwap_price = np.where(bar_row, np.where(np.isnan(own), typical, own), x)
         else:
             high = low = vwap_price = x
-        cum_pv = runs.scan(
-            (vwap_price * vol)[None, :], np.where(continues, st.pv[run_series], 0.0)[None, :], _LINEAR
-        )[0]
-        cum_v = seg_cumsum_int(vol, runs.lengths, np.where(continues, st.volume[run_series], 0))
-        day_high = runs.scan(high[None, :], np.where(continues, st.high[run_series], -np.inf)[None, :], _MAX)[
-            0
+        results: dict[str, np.ndarray] = {}
+        linear = [
+            _Job(runs, vwap_price * vol, np.where(continues, st.pv[run_series], 0.0), 1.0, "pv", results)
         ]
-        day_low = runs.scan(low[None, :], np.where(continues, st.low[run_series], np.inf)[None, :], _MIN)[0]
-        with np.errstate(invalid="ignore", divide="ignore"):
-            out["vwap"] = np.where(cum_v > 0, cum_pv / cum_v, np.nan)
-
+        extremes = [
+            _Job(runs, high, np.where(continues, st.high[run_series], -np.inf), 1.0, "high", results),
+            _Job(runs, -low, -np.where(continues, st.low[run_series], np.inf), 1.0, "low", results),
+        ]
+        _run(extremes, _MAX)  # the day's low is minus the maximum of minus the lows
+        day_high, day_low = results["high"], -results["low"]
+        cum_v = seg_cumsum_int(vol, runs.lengths, np.where(continues, st.volume[run_series], 0))
         for width in spec.sma:
             out[f"sma_{width}"] = sma(width)
 
@@ -767,12 +823,16 @@ class IndicatorState:
         new_value = st.value[:, g.series].copy()
         first_stage = [i for i, avg in enumerate(self.averages) if not avg.source.startswith("macd:")]
         second_stage = [i for i, avg in enumerate(self.averages) if avg.source.startswith("macd:")]
-        self._averages(g, first_stage, sources, bar_row, averaged, new_warm, new_value)
+        linear += self._averages(g, first_stage, sources, bar_row, averaged, new_warm, new_value)
+        _run(linear, _LINEAR)
+        cum_pv = results["pv"]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out["vwap"] = np.where(cum_v > 0, cum_pv / cum_v, np.nan)
         for i in second_stage:
             fast, slow = (int(p) for p in self.averages[i].source.split(":")[1].split(","))
             line = averaged[ema_average("price", fast, slow - fast)] - averaged[ema_average("price", slow)]
             sources[self.averages[i].source] = line
-        self._averages(g, second_stage, sources, bar_row, averaged, new_warm, new_value)
+        _run(self._averages(g, second_stage, sources, bar_row, averaged, new_warm, new_value), _LINEAR)
 
         for width in spec.ema:
             out[f"ema_{width}"] = averaged[ema_average("price", width)]
@@ -792,10 +852,7 @@ class IndicatorState:
             out[f"macd_hist_{suffix}"] = line - sig
         for width, k in spec.bbands:
             middle = sma(width)
-            centred = flat - np.repeat(x[starts], lengths + h)  # small numbers: no cancellation
-            mean = window_sums(centred, at, width) / width
-            square = window_sums(centred * centred, at, width) / width
-            std = np.sqrt(np.maximum(square - mean * mean, 0.0))
+            std = np.sqrt(window_variance(flat, at, width))
             suffix = f"{width}_{format_number(k)}"
             out[f"bb_upper_{suffix}"] = middle + k * std
             out[f"bb_middle_{suffix}"] = middle
@@ -849,11 +906,11 @@ class IndicatorState:
         averaged: dict[Average, np.ndarray],
         new_warm: np.ndarray,
         new_value: np.ndarray,
-    ) -> None:
-        """Run the chosen averages; those whose seeds fall on the same rows share one scan."""
+    ) -> list[_Job]:
+        """Scan jobs for the chosen averages; their results land in ``averaged`` and ``new_value``."""
         lengths, seen = g.lengths, g.seen
-        groups: dict[bytes, list[int]] = {}
-        skip: dict[int, np.ndarray] = {}  # rows to skip at the head of each segment (before the seed)
+        jobs: list[_Job] = []
+        layouts: dict[bytes, tuple[ScanLayout, np.ndarray | None]] = {}
         for i in chosen:
             avg = self.averages[i]
             source = sources[avg.source]
@@ -864,46 +921,75 @@ class IndicatorState:
                 if avg.bars_only:
                     warming &= bar_row if bar_row is not None else False
                 new_warm[i] += np.bincount(g.seg[warming], weights=source[warming], minlength=lengths.size)
-            head = np.clip(warm_end - 1 - seen, 0, lengths)
+            head = np.clip(warm_end - 1 - seen, 0, lengths)  # rows before the seed
             if avg.bars_only:
                 head = np.where(g.is_bar, head, lengths)
-            skip[i] = head
-            groups.setdefault(head.tobytes(), []).append(i)
-        for members in groups.values():
-            head = skip[members[0]]
             on_lengths = lengths - head
             if not on_lengths.any():
-                for i in members:
-                    averaged[self.averages[i]] = np.full(g.rows.size, np.nan)
+                averaged[avg] = np.full(g.rows.size, np.nan)
                 continue
-            every = not head.any()
-            on = None if every else np.flatnonzero(g.rank >= np.repeat(head, lengths))
-            layout = g.layout if every else ScanLayout(on_lengths)
+            key = head.tobytes()
+            if key not in layouts:
+                every = not head.any()
+                on = None if every else np.flatnonzero(g.rank >= np.repeat(head, lengths))
+                layouts[key] = (g.layout if every else ScanLayout(on_lengths), on)
+            layout, on = layouts[key]
             on_starts = np.cumsum(on_lengths) - on_lengths
-            inputs = np.empty((len(members), int(on_lengths.sum())))
-            init = np.empty((len(members), lengths.size))
-            decay = np.empty(len(members))
-            for c, i in enumerate(members):
-                avg = self.averages[i]
-                source = sources[avg.source]
-                np.multiply(source if on is None else source[on], avg.weight, out=inputs[c])
-                seeded = seen - avg.start >= avg.period
-                # a series whose seed is in this batch starts from 0 with the seed as its input
-                seeding = ~seeded & (on_lengths > 0)
-                inputs[c, on_starts[seeding]] = new_warm[i, seeding] / avg.period
-                init[c] = np.where(seeded, new_value[i], 0.0)
-                decay[c] = avg.decay
-            result = layout.scan(inputs, init, _LINEAR, decay)
+            inputs = (source if on is None else source[on]) * avg.weight
+            seeded = seen - avg.start >= avg.period
+            # a series whose seed is in this batch starts from 0 with the seed as its input
+            seeding = ~seeded & (on_lengths > 0)
+            inputs[on_starts[seeding]] = new_warm[i, seeding] / avg.period
+            init = np.where(seeded, new_value[i], 0.0)
             has = on_lengths > 0
             ends = (on_starts + on_lengths - 1)[has]
-            for c, i in enumerate(members):
-                if on is None:
-                    values = result[c]
-                else:
+
+            def finish(
+                result: np.ndarray,
+                i: int = i,
+                on: np.ndarray | None = on,
+                ends: np.ndarray = ends,
+                has: np.ndarray = has,
+            ) -> None:
+                values = result
+                if on is not None:
                     values = np.full(g.rows.size, np.nan)
-                    values[on] = result[c]
+                    values[on] = result
                 averaged[self.averages[i]] = values
-                new_value[i, has] = result[c, ends]
+                new_value[i, has] = result[ends]
+
+            jobs.append(_Job(layout, inputs, init, avg.decay, finish))
+        return jobs
+
+
+@dataclass
+class _Job:
+    """One channel of a scan: its layout, values, per-segment start, and where the result goes."""
+
+    layout: ScanLayout
+    values: np.ndarray
+    init: np.ndarray
+    decay: float
+    finish: Callable[[np.ndarray], None] | str
+    results: dict[str, np.ndarray] | None = None
+
+
+def _run(jobs: list[_Job], op: int) -> None:
+    """Scan the jobs, one call per layout with every job on it as a channel."""
+    groups: dict[int, list[_Job]] = {}
+    for job in jobs:
+        groups.setdefault(id(job.layout), []).append(job)
+    for members in groups.values():
+        values = [job.values for job in members]
+        init = np.stack([job.init for job in members])
+        decay = np.array([job.decay for job in members])
+        result = members[0].layout.scan(values, init, op, decay)
+        for c, job in enumerate(members):
+            if isinstance(job.finish, str):
+                assert job.results is not None
+                job.results[job.finish] = result[c]
+            else:
+                job.finish(result[c])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -958,16 +1044,21 @@ def _ints(batch: pa.RecordBatch, name: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _bar_vwap(batch: pa.RecordBatch, is_bar: np.ndarray) -> pa.Array | None:
-    """The bars' own VWAP column (``bar_vwap``, else a bar's provider ``vwap``), or None."""
+    """The bars' own VWAP column (``bar_vwap``, else a bar's provider ``vwap``), or None.
+
+    Decided by the columns, not the rows, so a stream keeps one schema from batch to batch.
+    """
     names = batch.schema.names
     if "bar_vwap" in names:
         column = batch.column("bar_vwap")
         return column if column.type == F64 else column.cast(F64)
     if "vwap" not in names:
         return None
+    if not is_bar.any():
+        return pa.nulls(batch.num_rows, F64)
     vwap = batch.column("vwap")
     vwap = vwap if vwap.type == F64 else vwap.cast(F64)
-    return pc.if_else(from_numpy(is_bar), vwap, pa.scalar(None, F64))
+    return pc.if_else(from_numpy(is_bar), vwap, pa.nulls(batch.num_rows, F64))
 
 
 def _assemble(
