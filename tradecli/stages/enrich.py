@@ -165,8 +165,8 @@ def load_state(engine: IndicatorState, path: str, session: Session) -> None:
     try:
         with open(path, "rb") as handle:
             data = handle.read()
-    except FileNotFoundError:
-        return
+    except (FileNotFoundError, NotADirectoryError):
+        return  # a first run: the file is written on exit
     except OSError as err:
         raise TradeError(f"cannot read state file {path}: {err.strerror}", 74) from err
     try:
