@@ -412,6 +412,34 @@ def test_seg_cumsum_int_is_exact() -> None:
     assert got.tolist() == [2**52 + 10, 2**52 + 11, 2**52 + 12, 2**53 + 5, 2**53 + 12, 2**40]
 
 
+def test_a_price_that_falls_a_millionfold_costs_little_and_heals() -> None:
+    """Window sums bridge a batch boundary by differences, as TA-Lib's do all the time; a fall
+    from $1,000,000 to $0.001 leaves at most ~1e9 x 1e-16 for n records, then none."""
+    rng = np.random.default_rng(2)
+    x = np.r_[1e6 * (1 + 1e-3 * rng.normal(size=30)), 1e-3 * (1 + 1e-3 * rng.normal(size=90))]
+    n = x.size
+    batch, _ = normalise(
+        pa.record_batch(
+            {
+                "type": ["trade"] * n,
+                "symbol": ["X"] * n,
+                "timestamp": pa.array(1_795_185_000 * 10**9 + np.arange(n)),
+                "price": x,
+                "volume": [1] * n,
+            }
+        )
+    )
+    exact = np.array([np.nan] * 19 + [x[i - 19 : i + 1].mean() for i in range(19, n)])
+    spec = Spec(sma=(20,), ema=(), rsi=(), volume_avg=())
+    whole = column(run([batch], spec), "sma_20")
+    np.testing.assert_allclose(whole, exact, rtol=1e-13)  # every window inside the batch: summed afresh
+    by_one = column(run(cut(batch, 0, sizes=(1,)), spec), "sma_20")
+    error = np.abs(by_one - exact) / exact
+    assert np.nanmax(error) < 1e-6
+    assert np.nanmax(error[30 + 40 :]) < 1e-13  # recomputed from the ring: healed
+    assert np.nanmax(error[:30]) < 1e-13
+
+
 def test_window_sums_use_only_the_window() -> None:
     """A huge neighbour does not blur a tiny series' window (no running sum across them)."""
     flat = np.array([1e12, 1e12, 1e12, 1e-9, 2e-9, 3e-9, 4e-9])

@@ -29,13 +29,14 @@ DAY = 86_400 * 10**9
 EXAMPLES = int(os.environ.get("ENRICH_EXAMPLES", "60"))  # more for a deeper search by hand
 SETTINGS = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
+LEVELS = st.sampled_from([1e-4, 0.5, 20.0, 150.0, 3e5])  # each symbol keeps its own price scale
+levels = st.fixed_dictionaries({symbol: LEVELS for symbol in ("AAA", "BBB", "CCC", "DDD")})
 records = st.lists(
     st.fixed_dictionaries(
         {
             "type": st.sampled_from(["trade", "trade", "trade", "quote", "bar", "signal"]),
             "symbol": st.sampled_from(["AAA", "BBB", "CCC", "DDD"]),
             "step": st.sampled_from([0, 1, 1000, 10**9, 3 * 3600 * 10**9, DAY]),
-            "level": st.sampled_from([1e-4, 0.5, 20.0, 150.0, 3e5]),
             "move": st.floats(-0.05, 0.05),
             "volume": st.one_of(st.none(), st.integers(0, 5000)),
             "prev_close": st.one_of(st.none(), st.floats(0.01, 500)),
@@ -47,11 +48,12 @@ records = st.lists(
 )
 
 
-def build(rows: list[dict[str, Any]]) -> pa.RecordBatch:
+def build(rows: list[dict[str, Any]], scale: dict[str, float] | None = None) -> pa.RecordBatch:
     """Records as the reader hands them on: normalised Arrow columns."""
     n = len(rows)
+    scale = scale or {}
     stamp = START + np.cumsum([r["step"] for r in rows])
-    price = np.array([r["level"] * (1 + r["move"]) for r in rows])
+    price = np.array([scale.get(r["symbol"], 20.0) * (1 + r["move"]) for r in rows])
     kind = [r["type"] for r in rows]
     is_ = {t: np.array([k == t for k in kind]) for t in ("trade", "quote", "bar", "signal")}
 
@@ -114,9 +116,9 @@ def assert_same(a: pa.Table, b: pa.Table, rtol: float) -> None:
 
 
 @SETTINGS
-@given(records, st.lists(st.integers(0, 120), max_size=8))
-def test_batch_size_invariance(rows: list[dict[str, Any]], cuts: list[int]) -> None:
-    batch = build(rows)
+@given(records, levels, st.lists(st.integers(0, 120), max_size=8))
+def test_batch_size_invariance(rows: list[dict[str, Any]], scale: dict[str, float], cuts: list[int]) -> None:
+    batch = build(rows, scale)
     whole = run([batch])
     cut = run(pieces(batch, cuts))
     one_by_one = run(pieces(batch, list(range(batch.num_rows))))
@@ -125,9 +127,11 @@ def test_batch_size_invariance(rows: list[dict[str, Any]], cuts: list[int]) -> N
 
 
 @SETTINGS
-@given(records, st.lists(st.integers(0, 120), max_size=5), st.integers(0, 8))
-def test_snapshot_restore_mid_stream(rows: list[dict[str, Any]], cuts: list[int], at: int) -> None:
-    batches = pieces(build(rows), cuts)
+@given(records, levels, st.lists(st.integers(0, 120), max_size=5), st.integers(0, 8))
+def test_snapshot_restore_mid_stream(
+    rows: list[dict[str, Any]], scale: dict[str, float], cuts: list[int], at: int
+) -> None:
+    batches = pieces(build(rows, scale), cuts)
     at = min(at, len(batches))
     straight = run(batches)
     first = IndicatorState(SPEC)
@@ -144,9 +148,11 @@ def test_snapshot_restore_mid_stream(rows: list[dict[str, Any]], cuts: list[int]
 
 
 @SETTINGS
-@given(records, st.lists(st.integers(0, 120), max_size=4))
-def test_input_columns_and_unknown_fields_untouched(rows: list[dict[str, Any]], cuts: list[int]) -> None:
-    batch = build(rows)
+@given(records, levels, st.lists(st.integers(0, 120), max_size=4))
+def test_input_columns_and_unknown_fields_untouched(
+    rows: list[dict[str, Any]], scale: dict[str, float], cuts: list[int]
+) -> None:
+    batch = build(rows, scale)
     out = run(pieces(batch, cuts))
     kind = np.array(batch.column("type").cast(pa.string()).to_pylist())
     for name in batch.schema.names:

@@ -1,27 +1,29 @@
 """The streaming indicator engine behind ``trade enrich``: per-symbol state, columnar updates.
 
 :class:`IndicatorState` holds, for every series it has seen, what the next record needs and no more:
-the last ``h`` prices and volumes (``h`` = the longest window - 1), one value and one warm-up sum
-per exponential average, and the running session totals. That is O(longest period) per series,
-however long the stream. ``add(batch)`` updates the state from a whole record batch and returns the
-batch with the indicator columns; ``snapshot()`` / ``restore()`` carry the state across restarts,
-as talipp's indicators carry theirs across ``add`` calls.
+rings of the last ``W`` prices and volumes (``W`` = the longest window), a carried sum per window,
+one value and one warm-up sum per exponential average, and the running session totals. That is
+O(longest period) per series, however long the stream. ``add(batch)`` updates the state from a whole
+record batch and returns the batch with the indicator columns; ``snapshot()`` / ``restore()``
+carry the state across restarts, as talipp's indicators carry theirs across ``add`` calls.
 
 How a batch is computed, without a Python loop per record:
 
 * The rows that update indicators (trades, and bars by their close) get a small integer code per
   series (symbol and kind) from a registry kept across batches, and are grouped by it with a stable
   radix sort: each series becomes one contiguous segment.
-* Windowed sums (SMA, Bollinger, average volume) read a flat array holding, per segment, the
-  series' carried history followed by its new values. Float windows use the van Herk/Gil-Werman
-  split into blocks of the window length: every sum adds at most ``n`` values of its own series,
-  so no rounding drifts along the stream and no other symbol's magnitude leaks in. Volume windows
-  are integer sums, exact.
+* Window sums (SMA, the middle band, average volume): a row whose window lies inside the batch
+  sums it afresh with the van Herk/Gil-Werman split into blocks of the window length (each sum
+  adds fewer than ``n`` values of its own series, so nothing drifts and no other symbol's
+  magnitude leaks in). The first ``n - 1`` rows of a segment move the series' carried sum on by
+  ``new - leaving`` values read from its ring, as TA-Lib does for every record; the carried sum is
+  recomputed from the ring every ``n`` records, so rounding never accumulates. Volume sums are
+  integers, exact. Bollinger variance uses the same blocks with Welford/Chan statistics.
 * EMA, Wilder's RSI and ATR, and the MACD lines are linear recurrences ``y = a*y' + b`` per
   series; so are running sums (``a = 1``). They run as a blocked segmented scan: each block of 8-32
   values is solved in closed form with a cumulative sum of ``b * a**-j``, and the blocks' carries
   are themselves a shorter scan of the same kind (recursively), seeded with the series' carried
-  value. Session highs and lows use the same scan with max/min.
+  value. Session highs and lows use the same scan with max. Scans sharing a layout run together.
 
 TA-Lib's conventions, checked against it: EMA starts at the n-th value with the SMA of the first n,
 then ``alpha = 2/(n+1)``; RSI starts at the (n+1)-th value with the simple means of the first n
@@ -322,12 +324,6 @@ def window_variance(flat: np.ndarray, ends: np.ndarray, width: int) -> np.ndarra
     return out
 
 
-def window_sums_int(flat: np.ndarray, ends: np.ndarray, width: int) -> np.ndarray:
-    running = np.concatenate(([0], np.cumsum(flat, dtype=np.int64)))
-    out: np.ndarray = running[ends + 1] - running[ends + 1 - width]
-    return out
-
-
 # ---------------------------------------------------------------------------------------------
 # Sessions
 
@@ -451,13 +447,22 @@ def _averages(spec: Spec) -> list[Average]:
 # The state
 
 
+_PER_INDICATOR = frozenset({"warm", "value", "sums", "volume_sums"})  # (indicators, series) arrays
+
+
 @dataclass
 class _Arrays:
-    """Per-series state, one row (or entry) per series code."""
+    """Per-series state, one row (or entry) per series code.
+
+    The rings hold a series' last ``W`` prices and volumes, the value at series position ``t`` in
+    slot ``t % W``, so a batch reads and writes only the slots its rows touch.
+    """
 
     count: np.ndarray  # records seen
-    prices: np.ndarray  # (series, h): the last h prices (closes), oldest first
-    volumes: np.ndarray  # (series, h) int64
+    prices: np.ndarray  # (series, W) ring of prices (bar closes)
+    volumes: np.ndarray  # (series, Wv) ring of volumes, int64
+    sums: np.ndarray  # (SMA windows, series): sum of the last n prices
+    volume_sums: np.ndarray  # (volume windows, series): sum of the last n volumes, int64 (exact)
     warm: np.ndarray  # (averages, series): sum of inputs while warming up
     value: np.ndarray  # (averages, series): the average after the last record
     session: np.ndarray  # int64 session key of the last record, or _NO_SESSION
@@ -467,13 +472,15 @@ class _Arrays:
     low: np.ndarray
 
     @classmethod
-    def empty(cls, capacity: int, history: int, averages: int) -> _Arrays:
+    def empty(cls, capacity: int, shape: _Shape) -> _Arrays:
         return cls(
             count=np.zeros(capacity, dtype=np.int64),
-            prices=np.zeros((capacity, history)),
-            volumes=np.zeros((capacity, history), dtype=np.int64),
-            warm=np.zeros((averages, capacity)),
-            value=np.zeros((averages, capacity)),
+            prices=np.zeros((capacity, shape.ring)),
+            volumes=np.zeros((capacity, shape.volume_ring), dtype=np.int64),
+            sums=np.zeros((shape.windows, capacity)),
+            volume_sums=np.zeros((shape.volume_windows, capacity), dtype=np.int64),
+            warm=np.zeros((shape.averages, capacity)),
+            value=np.zeros((shape.averages, capacity)),
             session=np.full(capacity, _NO_SESSION, dtype=np.int64),
             pv=np.zeros(capacity),
             volume=np.zeros(capacity, dtype=np.int64),
@@ -481,16 +488,29 @@ class _Arrays:
             low=np.full(capacity, np.inf),
         )
 
-    def grown(self, capacity: int) -> _Arrays:
-        fresh = _Arrays.empty(capacity, self.prices.shape[1], self.warm.shape[0])
-        used = self.count.shape[0]
+    def copy_into(self, fresh: _Arrays, used: int) -> _Arrays:
         for name, array in vars(self).items():
             target = getattr(fresh, name)
-            if array.ndim == 2 and name in ("warm", "value"):
-                target[:, :used] = array
+            if name in _PER_INDICATOR:
+                target[:, :used] = array[:, :used]
             else:
-                target[:used] = array
+                target[:used] = array[:used]
         return fresh
+
+    def used(self, used: int) -> dict[str, np.ndarray]:
+        return {
+            name: (array[:, :used] if name in _PER_INDICATOR else array[:used])
+            for name, array in vars(self).items()
+        }
+
+
+@dataclass(frozen=True)
+class _Shape:
+    ring: int
+    volume_ring: int
+    windows: int
+    volume_windows: int
+    averages: int
 
 
 @dataclass
@@ -519,13 +539,20 @@ class IndicatorState:
 
     def __post_init__(self) -> None:
         self.averages = _averages(self.spec)
-        windows = [*self.spec.sma, *self.spec.volume_avg, *(n for n, _ in self.spec.bbands), 2]
-        self.history = max(windows) - 1
+        # every SMA the output needs (Bollinger's middle band is one), with a carried sum each
+        self.windows = tuple(dict.fromkeys([*self.spec.sma, *(n for n, _ in self.spec.bbands)]))
+        self.shape = _Shape(
+            ring=max([*self.windows, 1]),
+            volume_ring=max([*self.spec.volume_avg, 1]),
+            windows=len(self.windows),
+            volume_windows=len(self.spec.volume_avg),
+            averages=len(self.averages),
+        )
         self.clock = SessionClock(self.spec.session_start, self.spec.timezone)
         self.columns = self.spec.columns()
         self._keys: list[tuple[int, str]] = []  # (kind, symbol) of each series code
         self._codes: dict[tuple[int, str], int] = {}
-        self._state = _Arrays.empty(64, self.history, len(self.averages))
+        self._state = _Arrays.empty(64, self.shape)
         self._lut_dictionary: pa.Array | None = None
         self._lut = np.empty(0, dtype=np.int64)
 
@@ -544,24 +571,11 @@ class IndicatorState:
 
     def snapshot(self) -> bytes:
         """The whole state as bytes (magic line, JSON header, numpy arrays)."""
-        used = len(self._keys)
-        s = self._state
-        arrays = {
-            "count": s.count[:used],
-            "prices": s.prices[:used],
-            "volumes": s.volumes[:used],
-            "warm": s.warm[:, :used],
-            "value": s.value[:, :used],
-            "session": s.session[:used],
-            "pv": s.pv[:used],
-            "volume": s.volume[:used],
-            "high": s.high[:used],
-            "low": s.low[:used],
-        }
+        arrays = self._state.used(len(self._keys))
         header = {
             "version": SNAPSHOT_VERSION,
             "indicators": self.spec.indicators(),
-            "history": self.history,
+            "shape": asdict(self.shape),
             "averages": [asdict(a) for a in self.averages],
             "kinds": [kind for kind, _ in self._keys],
             "symbols": [symbol for _, symbol in self._keys],
@@ -591,14 +605,13 @@ class IndicatorState:
             raise ValueError("the state file's arrays are damaged") from err
         kinds, symbols = header["kinds"], header["symbols"]
         used = len(symbols)
-        expected = {name for name in vars(self._state)}
-        if set(loaded) != expected or len(kinds) != used:
+        if set(loaded) != set(vars(self._state)) or len(kinds) != used:
             raise ValueError("the state file's arrays are incomplete")
-        state = _Arrays.empty(max(64, used), self.history, len(self.averages))
+        state = _Arrays.empty(max(64, used), self.shape)
         try:
             for name, array in loaded.items():
                 target = getattr(state, name)
-                if name in ("warm", "value"):
+                if name in _PER_INDICATOR:
                     target[:, :used] = array
                 else:
                     target[:used] = array
@@ -630,8 +643,10 @@ class IndicatorState:
                     self._keys.append((kind, symbol))
                     self._codes[(kind, symbol)] = code
                 self._lut[k] = code
-            if len(self._keys) > self._state.count.shape[0]:
-                self._state = self._state.grown(max(2 * self._state.count.shape[0], len(self._keys)))
+            capacity = self._state.count.shape[0]
+            if len(self._keys) > capacity:
+                fresh = _Arrays.empty(max(2 * capacity, len(self._keys)), self.shape)
+                self._state = self._state.copy_into(fresh, capacity)
             codes = self._lut[key]
         out: np.ndarray = codes
         return out
@@ -728,7 +743,7 @@ class IndicatorState:
         bar_vwap: pa.Array | None,
     ) -> tuple[dict[str, np.ndarray], np.ndarray, Callable[[], None]]:
         """Every float indicator for the grouped rows (sorted order), day volume, and a commit."""
-        st, spec, h = self._state, self.spec, self.history
+        st, spec = self._state, self.spec
         rows, lengths, starts = g.rows, g.lengths, g.starts
         total, segments = rows.size, lengths.size
         any_bar = bool(g.is_bar.any())
@@ -742,27 +757,42 @@ class IndicatorState:
             x = np.where(np.repeat(g.is_bar, lengths), close[rows], price[rows])
         volume, volume_ok = _ints(batch, "volume")
         vol = volume[rows]
+        position = np.repeat(g.seen, lengths) + g.rank  # of each row in its series
+        series_row = g.series[g.seg]
+        ring, volume_ring = self.shape.ring, self.shape.volume_ring
 
-        # the flat history-plus-batch layout: per segment, h carried values then the new ones
-        base = starts + np.arange(segments) * h
-        at = np.arange(total) + np.repeat((np.arange(segments) + 1) * h, lengths)
-        hist_at = (base[:, None] + np.arange(h)).ravel()
-        flat = np.empty(total + segments * h)
-        flat[at] = x
-        flat[hist_at] = st.prices[g.series].ravel()
-        prev = flat[at - 1]  # the previous price of the series (valid from its second record)
-        position = np.repeat(g.seen, lengths) + g.rank if total else g.rank
+        def back(values: np.ndarray, saved: np.ndarray, size: int, width: int) -> np.ndarray:
+            """The value ``width`` records before each row: from this batch, else from the ring."""
+            out = np.zeros(total, dtype=values.dtype)
+            inside = np.flatnonzero(g.rank >= width)
+            out[inside] = values[inside - width]
+            outside = np.flatnonzero((g.rank < width) & (position >= width))
+            out[outside] = saved[series_row[outside], (position[outside] - width) % size]
+            return out
 
+        prev = back(x, st.prices, ring, 1)  # the previous price of the series (from its second record)
         out: dict[str, np.ndarray] = {}
-        smas: dict[int, np.ndarray] = {}
+        results: dict[str, np.ndarray] = {}
+        linear: list[_Job] = []
 
-        def sma(width: int) -> np.ndarray:
-            if width not in smas:
-                values = window_sums(flat, at, width) / width
-                if int(g.seen.min()) < width - 1:
-                    values[position < width - 1] = np.nan
-                smas[width] = values
-            return smas[width]
+        # windowed sums: a row whose window lies in this batch sums it directly (van Herk, below);
+        # the first n-1 rows of a segment move the series' carried sum on by (new - leaving)
+        # values. The carried sum is recomputed from the ring every n records, so rounding never
+        # accumulates, and no sum ever spans two symbols.
+        for i, width in enumerate(self.windows):
+            carried_sum = st.sums[i, g.series].copy()
+            fresh = np.flatnonzero((g.seen > 0) & (g.seen // width != (g.seen + lengths) // width))
+            if fresh.size:
+                at = g.seen[fresh, None] - width + np.arange(width)
+                held = st.prices[g.series[fresh, None], at % ring]
+                carried_sum[fresh] = np.where(at >= 0, held, 0.0).sum(axis=1)
+            linear.append(
+                _Job(g.layout, x - back(x, st.prices, ring, width), carried_sum, 1.0, f"sum{i}", results)
+            )
+        volume_sums: list[np.ndarray] = []
+        for i, width in enumerate(spec.volume_avg):
+            change = vol - back(vol, st.volumes, volume_ring, width)
+            volume_sums.append(seg_cumsum_int(change, lengths, st.volume_sums[i, g.series]))
 
         # the session: VWAP, and the day's range and volume
         keys = self.clock.keys(_ints(batch, "timestamp")[0][rows])
@@ -797,10 +827,9 @@ class IndicatorState:
             vwap_price = np.where(bar_row, np.where(np.isnan(own), typical, own), x)
         else:
             high = low = vwap_price = x
-        results: dict[str, np.ndarray] = {}
-        linear = [
+        linear.append(
             _Job(runs, vwap_price * vol, np.where(continues, st.pv[run_series], 0.0), 1.0, "pv", results)
-        ]
+        )
         extremes = [
             _Job(runs, high, np.where(continues, st.high[run_series], -np.inf), 1.0, "high", results),
             _Job(runs, -low, -np.where(continues, st.low[run_series], np.inf), 1.0, "low", results),
@@ -808,9 +837,6 @@ class IndicatorState:
         _run(extremes, _MAX)  # the day's low is minus the maximum of minus the lows
         day_high, day_low = results["high"], -results["low"]
         cum_v = seg_cumsum_int(vol, runs.lengths, np.where(continues, st.volume[run_series], 0))
-        for width in spec.sma:
-            out[f"sma_{width}"] = sma(width)
-
         # exponential averages, those of prices first, then the MACD signal lines built on them
         sources: dict[str, np.ndarray] = {"price": x}
         if any(avg.source in ("gain", "loss") for avg in self.averages):
@@ -828,6 +854,17 @@ class IndicatorState:
         cum_pv = results["pv"]
         with np.errstate(invalid="ignore", divide="ignore"):
             out["vwap"] = np.where(cum_v > 0, cum_pv / cum_v, np.nan)
+        smas: dict[int, np.ndarray] = {}
+        for i, width in enumerate(self.windows):
+            window_sum = results[f"sum{i}"]
+            inside = np.flatnonzero(g.rank >= width - 1)  # the window lies in this batch: sum it afresh
+            if inside.size:
+                window_sum[inside] = window_sums(x, inside, width)
+            smas[width] = window_sum / width
+            if int(g.seen.min()) < width - 1:
+                smas[width][position < width - 1] = np.nan
+        for width in spec.sma:
+            out[f"sma_{width}"] = smas[width]
         for i in second_stage:
             fast, slow = (int(p) for p in self.averages[i].source.split(":")[1].split(","))
             line = averaged[ema_average("price", fast, slow - fast)] - averaged[ema_average("price", slow)]
@@ -851,8 +888,8 @@ class IndicatorState:
             out[f"macd_signal_{suffix}"] = sig
             out[f"macd_hist_{suffix}"] = line - sig
         for width, k in spec.bbands:
-            middle = sma(width)
-            std = np.sqrt(window_variance(flat, at, width))
+            middle = smas[width]
+            std = np.sqrt(self._variance(g, x, position, width))
             suffix = f"{width}_{format_number(k)}"
             out[f"bb_upper_{suffix}"] = middle + k * std
             out[f"bb_middle_{suffix}"] = middle
@@ -860,12 +897,8 @@ class IndicatorState:
         for width in spec.atr:
             out[f"atr_{width}"] = averaged[wilder_average("range", width, bars_only=True)]
 
-        flat_v = np.empty(total + segments * h, dtype=np.int64)
-        if spec.volume_avg or h:
-            flat_v[at] = vol
-            flat_v[hist_at] = st.volumes[g.series].ravel()
         for i, width in enumerate(spec.volume_avg):
-            average = window_sums_int(flat_v, at, width) / width
+            average = volume_sums[i] / width
             if int(g.seen.min()) < width - 1:
                 average[position < width - 1] = np.nan
             out[f"avg_volume_{width}"] = average
@@ -880,13 +913,20 @@ class IndicatorState:
         out["day_low"] = day_low
 
         last = starts + lengths - 1  # a segment's last session run ends at its last row
-        history_at = (base + lengths)[:, None] + np.arange(h)
+        kept = np.flatnonzero(g.rank >= lengths[g.seg] - ring)  # rows that stay in the ring
+        kept_volume = np.flatnonzero(g.rank >= lengths[g.seg] - volume_ring)
+        new_sums = np.array([results[f"sum{i}"][last] for i in range(len(self.windows))])
+        new_volume_sums = np.array([sums[last] for sums in volume_sums])
 
         def commit() -> None:
             series = g.series
             st.count[series] += lengths
-            st.prices[series] = flat[history_at]
-            st.volumes[series] = flat_v[history_at]
+            st.prices[series_row[kept], position[kept] % ring] = x[kept]
+            st.volumes[series_row[kept_volume], position[kept_volume] % volume_ring] = vol[kept_volume]
+            if self.windows:
+                st.sums[:, series] = new_sums
+            if spec.volume_avg:
+                st.volume_sums[:, series] = new_volume_sums
             st.warm[:, series] = new_warm
             st.value[:, series] = new_value
             st.session[series] = epoch[last]
@@ -896,6 +936,26 @@ class IndicatorState:
             st.low[series] = day_low[last]
 
         return out, cum_v, commit
+
+    def _variance(self, g: _Rows, x: np.ndarray, position: np.ndarray, width: int) -> np.ndarray:
+        """Population variance over the last ``width`` prices of each row's series.
+
+        A flat array holds, per segment, the series' ``width - 1`` previous prices (from its ring)
+        and then the new ones; van Herk blocks with Welford/Chan statistics do the rest.
+        """
+        st, ring = self._state, self.shape.ring
+        lengths, segments, history = g.lengths, g.lengths.size, width - 1
+        at = np.arange(x.size) + np.repeat((np.arange(segments) + 1) * history, lengths)
+        flat = np.empty(x.size + segments * history)
+        flat[at] = x
+        if history:
+            before = g.seen[:, None] - history + np.arange(history)
+            held = st.prices[g.series[:, None], before % ring]
+            base = g.starts + np.arange(segments) * history
+            flat[(base[:, None] + np.arange(history)).ravel()] = np.where(before >= 0, held, 0.0).ravel()
+        variance = window_variance(flat, at, width)
+        variance[position < width - 1] = np.nan
+        return variance
 
     def _averages(
         self,
