@@ -1130,7 +1130,9 @@ def _ints(batch: pa.RecordBatch, name: str) -> tuple[np.ndarray, np.ndarray]:
         return np.zeros(n, dtype=np.int64), np.zeros(n, dtype=bool)
     column = batch.column(index)
     if pa.types.is_timestamp(column.type):
-        column = column.cast(pa.int64())
+        if column.type.unit != "ns":
+            column = column.cast(pa.timestamp("ns", tz=column.type.tz))
+        column = column.view(pa.int64())  # ns since the epoch, without a copy
     elif column.type != I64:
         try:
             column = column.cast(I64)
