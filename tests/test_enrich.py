@@ -629,6 +629,25 @@ def test_registry_grows_to_many_symbols() -> None:
     assert engine.symbols == len(set(batch.column("symbol").cast(pa.string()).to_pylist())) > 250
 
 
+@pytest.mark.slow
+def test_more_series_than_a_radix_sort_key_holds() -> None:
+    """70,000 symbols with trades and bars: 140,000 series, past the 16-bit sort key."""
+    n = 70_000
+    names = pa.array([f"Z{i:05d}" for i in range(n)])
+    stamp = pa.array(np.full(n, 1_795_185_000 * 10**9)).cast(pa.timestamp("ns", tz="UTC"))
+    engine = IndicatorState(Spec(sma=(2,), ema=(), rsi=(), volume_avg=()))
+    for kind, price in (("trade", 1.0), ("bar", 5.0), ("trade", 3.0), ("bar", 7.0)):
+        columns = {
+            "type": pa.array([kind] * n).dictionary_encode(),
+            "symbol": names.dictionary_encode(),
+            "timestamp": stamp,
+            "price" if kind == "trade" else "close": np.full(n, price),
+        }
+        out = engine.add(pa.record_batch(columns))
+    assert engine.series == 2 * n
+    assert (column(out, "sma_2") == 6.0).all()
+
+
 def test_dictionary_indices_are_read_per_batch() -> None:
     """Two batches whose symbol dictionaries list the same names in another order."""
     first = pa.DictionaryArray.from_arrays(pa.array([0, 1], pa.int32()), pa.array(["A", "B"]))

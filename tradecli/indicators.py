@@ -55,7 +55,6 @@ SNAPSHOT_VERSION = 1
 
 TRADE, QUOTE, BAR = 1, 2, 3
 _TYPE_CODES = {"trade": TRADE, "quote": QUOTE, "bar": BAR}
-_KIND_NAMES = ("trade", "bar")  # a series is a symbol's trades or a symbol's bars
 
 _LINEAR, _MAX, _MIN = 0, 1, 2
 _IDENTITY = {_LINEAR: 0.0, _MAX: -np.inf, _MIN: np.inf}
@@ -427,11 +426,6 @@ class Average:
         if self.weight == 1.0 / self.period and self.period > 1:
             return (self.period - 1) / self.period
         return 1.0 - self.weight
-
-    @property
-    def first(self) -> int:
-        """Series position of the first value (the seed)."""
-        return self.start + self.period - 1
 
 
 def ema_average(source: str, period: int, start: int = 0) -> Average:
