@@ -440,6 +440,14 @@ def test_a_price_that_falls_a_millionfold_costs_little_and_heals() -> None:
     assert np.nanmax(error[:30]) < 1e-13
 
 
+@pytest.mark.parametrize("width", [2, 5, 32, 33, 200])
+def test_window_sums_direct_and_van_herk(width: int) -> None:
+    x = np.random.default_rng(width).uniform(1, 2, 1000)
+    ends = np.arange(width - 1, 1000)
+    want = np.array([x[e - width + 1 : e + 1].sum() for e in ends])
+    np.testing.assert_allclose(window_sums(x, ends, width), want, rtol=1e-14)
+
+
 def test_window_sums_use_only_the_window() -> None:
     """A huge neighbour does not blur a tiny series' window (no running sum across them)."""
     flat = np.array([1e12, 1e12, 1e12, 1e-9, 2e-9, 3e-9, 4e-9])

@@ -144,7 +144,8 @@ class ScanLayout:
         self.width = width
         self.n_blocks = n_blocks = int(blocks_per.sum())
         linear = np.repeat(first_block * width - starts, lengths) + np.arange(self.total)
-        self.pos = (linear % width) * n_blocks + linear // width  # (step, block) of each value
+        shift = width.bit_length() - 1  # widths are powers of two
+        self.pos = (linear & (width - 1)) * n_blocks + (linear >> shift)  # (step, block) of each value
         unused = np.ones(n_blocks * width, dtype=bool)
         unused[self.pos] = False
         self.pad = np.flatnonzero(unused)
@@ -283,12 +284,20 @@ def _at(index: np.ndarray, width: int, n_blocks: int) -> np.ndarray:
 def window_sums(flat: np.ndarray, ends: np.ndarray, width: int) -> np.ndarray:
     """Sum of ``flat[e - width + 1 : e + 1]`` for every ``e`` in ``ends`` (all ``>= width - 1``).
 
-    Van Herk/Gil-Werman: cut ``flat`` into blocks of ``width``; a window is a suffix of one block
-    plus a prefix of the next, each a sequential sum of fewer than ``width`` values.
+    A short window is summed directly, ``width`` shifted vector additions. A long one uses van
+    Herk/Gil-Werman: cut ``flat`` into blocks of ``width``; a window is a suffix of one block plus
+    a prefix of the next, each a sequential sum of fewer than ``width`` values.
     """
     if width == 1:
         out1: np.ndarray = flat[ends].astype(np.float64)
         return out1
+    if width <= 32:
+        size = flat.shape[0]
+        total = flat[width - 1 :].astype(np.float64, copy=True)  # total[j]: the window ending at j+width-1
+        for k in range(1, width):
+            total += flat[width - 1 - k : size - k]
+        out2: np.ndarray = total[ends - (width - 1)]
+        return out2
     blocks, n_blocks = _blocks(flat, width)
     prefix = blocks.copy()
     suffix = blocks
