@@ -57,6 +57,15 @@ FIELD_TYPES: dict[str, pa.DataType] = {
     "vwap": F64,
     "trades": I64,
     "end_ts": TIMESTAMP,
+    # enrich (the indicator columns named by period, sma_20 and the like, are float64 too)
+    "bar_vwap": F64,
+    "gap_pct": F64,
+    "volume_ratio": F64,
+    "day_high": F64,
+    "day_low": F64,
+    "day_volume": I64,
+    "mid": F64,
+    "spread": F64,
     # signal (screen)
     "strategy": STR,
     "side": STR,

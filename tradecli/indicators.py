@@ -1,0 +1,1197 @@
+"""The streaming indicator engine behind ``trade enrich``: per-symbol state, columnar updates.
+
+:class:`IndicatorState` holds, for every series it has seen, what the next record needs and no more:
+rings of the last ``W`` prices and volumes (``W`` = the longest window), a carried sum per window,
+one value and one warm-up sum per exponential average, and the running session totals. That is
+O(longest period) per series, however long the stream. ``add(batch)`` updates the state from a whole
+record batch and returns the batch with the indicator columns; ``snapshot()`` / ``restore()``
+carry the state across restarts, as talipp's indicators carry theirs across ``add`` calls.
+
+How a batch is computed, without a Python loop per record:
+
+* The rows that update indicators (trades, and bars by their close) get a small integer code per
+  series (symbol and kind) from a registry kept across batches, and are grouped by it with a stable
+  radix sort: each series becomes one contiguous segment.
+* Window sums (SMA, the middle band, average volume): a row whose window lies inside the batch
+  sums it afresh with the van Herk/Gil-Werman split into blocks of the window length (each sum
+  adds fewer than ``n`` values of its own series, so nothing drifts and no other symbol's
+  magnitude leaks in). The first ``n - 1`` rows of a segment move the series' carried sum on by
+  ``new - leaving`` values read from its ring, as TA-Lib does for every record; the carried sum is
+  recomputed from the ring every ``n`` records, so rounding never accumulates. Volume sums are
+  integers, exact. Bollinger variance uses the same blocks with Welford/Chan statistics.
+* EMA, Wilder's RSI and ATR, and the MACD lines are linear recurrences ``y = a*y' + b`` per
+  series; so are running sums (``a = 1``). They run as a blocked segmented scan: each block of 8-32
+  values is solved in closed form with a cumulative sum of ``b * a**-j``, and the blocks' carries
+  are themselves a shorter scan of the same kind (recursively), seeded with the series' carried
+  value. Session highs and lows use the same scan with max. Scans sharing a layout run together.
+
+TA-Lib's conventions, checked against it: EMA starts at the n-th value with the SMA of the first n,
+then ``alpha = 2/(n+1)``; RSI starts at the (n+1)-th value with the simple means of the first n
+gains and losses, then Wilder's ``1/n``, and is 0 when both averages are 0; MACD seeds its fast EMA
+at the slow EMA's first value (with the SMA of the fast period ending there), seeds the signal with
+the mean of the first ``signal`` MACD values, and reports all three lines from then on; Bollinger
+bands are SMA +/- k population standard deviations; ATR averages true ranges from the second bar.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import date, datetime, time, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from tradecli.records import F64, I64, from_numpy
+
+SNAPSHOT_MAGIC = b"tradecli-enrich-state\n"
+SNAPSHOT_VERSION = 1
+
+TRADE, QUOTE, BAR = 1, 2, 3
+_TYPE_CODES = {"trade": TRADE, "quote": QUOTE, "bar": BAR}
+
+_LINEAR, _MAX, _MIN = 0, 1, 2
+_IDENTITY = {_LINEAR: 0.0, _MAX: -np.inf, _MIN: np.inf}
+_NO_SESSION = np.iinfo(np.int64).min
+
+
+# ---------------------------------------------------------------------------------------------
+# What to compute
+
+
+@dataclass(frozen=True)
+class Spec:
+    """Which indicators, with which periods; and where a trading session starts."""
+
+    sma: tuple[int, ...] = (20,)
+    ema: tuple[int, ...] = (9,)
+    rsi: tuple[int, ...] = (14,)
+    volume_avg: tuple[int, ...] = (20,)
+    macd: tuple[tuple[int, int, int], ...] = ()
+    bbands: tuple[tuple[int, float], ...] = ()
+    atr: tuple[int, ...] = ()
+    session_start: str = "04:00"
+    timezone: str = "America/New_York"
+
+    def columns(self) -> list[str]:
+        """The indicator columns, in the order they are appended to a batch."""
+        names = ["vwap"]
+        names += [f"sma_{n}" for n in self.sma]
+        names += [f"ema_{n}" for n in self.ema]
+        names += [f"rsi_{n}" for n in self.rsi]
+        for spec in self.macd:
+            suffix = "_".join(map(str, spec))
+            names += [f"macd_{suffix}", f"macd_signal_{suffix}", f"macd_hist_{suffix}"]
+        for n, k in self.bbands:
+            suffix = f"{n}_{format_number(k)}"
+            names += [f"bb_upper_{suffix}", f"bb_middle_{suffix}", f"bb_lower_{suffix}"]
+        names += [f"atr_{n}" for n in self.atr]
+        names += [f"avg_volume_{n}" for n in self.volume_avg]
+        if self.volume_avg:
+            names.append("volume_ratio")
+        names += ["gap_pct", "day_high", "day_low", "day_volume", "mid", "spread"]
+        return names
+
+    def indicators(self) -> dict[str, Any]:
+        """The part of the spec that the carried state depends on (sessions may change freely)."""
+        out = asdict(self)
+        out.pop("session_start")
+        out.pop("timezone")
+        plain: dict[str, Any] = json.loads(json.dumps(out))  # tuples as lists, as in a snapshot
+        return plain
+
+
+def format_number(value: float) -> str:
+    """2 -> '2', 2.5 -> '2p5': a column-name-safe number (jq reads .bb_upper_20_2p5)."""
+    text = f"{value:g}"
+    return text.replace(".", "p").replace("-", "m")
+
+
+# ---------------------------------------------------------------------------------------------
+# Numeric kernels
+
+
+def _block_size(total: int, segments: int) -> int:
+    mean = total / max(segments, 1)
+    return 32 if mean >= 24 else 16 if mean >= 12 else 8
+
+
+class ScanLayout:
+    """Where each value of a segmented scan goes: blocks of 8-32 values, never shared by two segments.
+
+    Built once per segmentation and reused by every scan over it; one call scans many channels.
+    Blocks are stored position-major, (width, blocks): a step along a block is then one vector
+    operation over every block, many times faster than numpy's accumulate along a short axis.
+    """
+
+    def __init__(self, lengths: np.ndarray) -> None:
+        self.lengths = lengths
+        self.total = int(lengths.sum())
+        self.simple = self.total == 0 or int(lengths.max()) <= 1
+        self.child: ScanLayout | None = None
+        if self.simple:
+            return
+        width = _block_size(self.total, lengths.size)
+        blocks_per = (lengths + (width - 1)) // width
+        first_block = np.cumsum(blocks_per) - blocks_per
+        starts = np.cumsum(lengths) - lengths
+        self.width = width
+        self.n_blocks = n_blocks = int(blocks_per.sum())
+        linear = np.repeat(first_block * width - starts, lengths) + np.arange(self.total)
+        shift = width.bit_length() - 1  # widths are powers of two
+        self.pos = (linear & (width - 1)) * n_blocks + (linear >> shift)  # (step, block) of each value
+        unused = np.ones(n_blocks * width, dtype=bool)
+        unused[self.pos] = False
+        self.pad = np.flatnonzero(unused)
+        self.has = blocks_per > 0
+        self.first_block = first_block[self.has]
+        if int(blocks_per.max()) > 1:
+            self.child = ScanLayout(blocks_per)
+
+    def scan(
+        self, values: Sequence[np.ndarray], init: np.ndarray, op: int, a: np.ndarray | None = None
+    ) -> np.ndarray:
+        """Inclusive scan of each segment of every channel (row of ``values``), from ``init``.
+
+        ``op`` is ``_LINEAR`` (``y = a*y' + v`` with ``a`` per channel; ``a = 1`` is a running sum),
+        ``_MAX`` or ``_MIN``. ``values`` holds one array per channel (or is a 2-d array),
+        ``init`` is (channels, segments).
+        """
+        channels = len(values)
+        if a is None:
+            a = np.ones(channels)
+        if self.total == 0:
+            return np.empty((channels, 0))
+        if self.simple:
+            start = np.repeat(init, self.lengths, axis=1)
+            stacked = np.stack(values) if not isinstance(values, np.ndarray) else values
+            if op == _LINEAR:
+                simple: np.ndarray = a[:, None] * start + stacked
+            else:
+                simple = np.maximum(start, stacked) if op == _MAX else np.minimum(start, stacked)
+            return simple
+        width, n_blocks = self.width, self.n_blocks
+        padded = np.empty((channels, width * n_blocks))
+        for row, channel in zip(padded, values, strict=True):  # 1-d fancy indexing is 3x faster
+            row[self.pos] = channel
+            if self.pad.size:
+                row[self.pad] = _IDENTITY[op]
+        blocks = padded.reshape(channels, width, n_blocks)
+        steps = np.arange(width, dtype=np.float64)
+        closed = np.ones(channels, dtype=bool)
+        plain = True
+        if op == _LINEAR:
+            with np.errstate(under="ignore"):
+                closed = (a == 1.0) | (a ** (width - 1) > 1e-200)
+            plain = bool((a == 1.0).all())
+            if not plain:
+                # closed form inside a block: y_k = a**k * (carry*a + sum_j a**-j b_j). Every term keeps
+                # its sign, so the relative error stays that of a plain sum of `width` terms.
+                with np.errstate(divide="ignore", over="ignore"):
+                    up = np.where(closed[:, None], np.power((1.0 / a)[:, None], steps), 1.0)
+                blocks *= up[:, :, None]
+        tiny = np.flatnonzero(~closed)
+        raw: dict[int, np.ndarray] = {int(c): blocks[c].copy() for c in tiny}
+        weights: dict[int, np.ndarray] = {}
+        for c in raw:  # a tiny multiplier (EMA(1), deep levels): a small matrix product
+            with np.errstate(under="ignore"):
+                w = np.power(a[c], np.maximum(steps[:, None] - steps[None, :], 0.0))
+            w[steps[:, None] < steps[None, :]] = 0.0
+            weights[c] = w
+        # running sums (or maxima) along each block, from the block's own start
+        if op == _LINEAR:
+            for k in range(1, width):
+                blocks[:, k] += blocks[:, k - 1]
+        else:
+            extreme = np.maximum if op == _MAX else np.minimum
+            for k in range(1, width):
+                extreme(blocks[:, k], blocks[:, k - 1], out=blocks[:, k])
+        if self.child is None:
+            incoming = init[:, self.has]
+        else:
+            # each block's own total (as if the series started at the block) feeds the carries
+            ends = blocks[:, width - 1].copy()
+            if op == _LINEAR:
+                with np.errstate(under="ignore"):
+                    ends *= (a ** (width - 1))[:, None]
+                for c, block in raw.items():
+                    ends[c] = weights[c][-1] @ block
+            with np.errstate(under="ignore"):
+                carried = self.child.scan(list(ends), init, op, a**width if op == _LINEAR else None)
+            incoming = np.empty((channels, n_blocks))
+            incoming[:, 1:] = carried[:, :-1]
+            incoming[:, self.first_block] = init[:, self.has]
+        if op == _LINEAR:
+            if plain:
+                blocks += incoming[:, None, :]
+            else:
+                blocks += (incoming * a[:, None])[:, None, :]
+                with np.errstate(under="ignore"):
+                    down = np.where(closed[:, None], np.power(a[:, None], steps), 1.0)
+                blocks *= down[:, :, None]
+            for c, block in raw.items():
+                with np.errstate(under="ignore"):
+                    blocks[c] = weights[c] @ block + np.power(a[c], steps + 1)[:, None] * incoming[c][None, :]
+        elif op == _MAX:
+            np.maximum(blocks, incoming[:, None, :], out=blocks)
+        else:
+            np.minimum(blocks, incoming[:, None, :], out=blocks)
+        out: np.ndarray = np.take(padded, self.pos, axis=1)
+        return out
+
+
+def seg_scan(
+    values: np.ndarray, lengths: np.ndarray, init: np.ndarray, op: int, a: float = 1.0
+) -> np.ndarray:
+    """One channel of :meth:`ScanLayout.scan`: ``values`` (total,), ``init`` (segments,)."""
+    out: np.ndarray = ScanLayout(lengths).scan([values], init[None, :], op, np.array([a]))[0]
+    return out
+
+
+def seg_cumsum_int(values: np.ndarray, lengths: np.ndarray, init: np.ndarray) -> np.ndarray:
+    """Running integer sums per segment, continuing from ``init``: exact."""
+    if values.shape[0] == 0:
+        return np.empty(0, dtype=np.int64)
+    running = np.cumsum(values, dtype=np.int64)
+    before = running - values  # sum of everything before each row
+    starts = (np.cumsum(lengths) - lengths)[lengths > 0]
+    offset = init[lengths > 0] - before[starts]
+    out: np.ndarray = running + np.repeat(offset, lengths[lengths > 0])
+    return out
+
+
+def _blocks(flat: np.ndarray, width: int) -> tuple[np.ndarray, int]:
+    """``flat`` cut into blocks of ``width``, stored position-major: (width, blocks)."""
+    size = flat.shape[0]
+    n_blocks = -(-size // width)
+    padded = np.zeros(n_blocks * width)
+    padded[:size] = flat
+    return np.ascontiguousarray(padded.reshape(n_blocks, width).T), n_blocks
+
+
+def _at(index: np.ndarray, width: int, n_blocks: int) -> np.ndarray:
+    """Where ``flat[index]`` sits in the position-major blocks, as a flat index."""
+    out: np.ndarray = (index % width) * n_blocks + index // width
+    return out
+
+
+def window_sums(flat: np.ndarray, ends: np.ndarray, width: int) -> np.ndarray:
+    """Sum of ``flat[e - width + 1 : e + 1]`` for every ``e`` in ``ends`` (all ``>= width - 1``).
+
+    A short window is summed directly, ``width`` shifted vector additions. A long one uses van
+    Herk/Gil-Werman: cut ``flat`` into blocks of ``width``; a window is a suffix of one block plus
+    a prefix of the next, each a sequential sum of fewer than ``width`` values.
+    """
+    if width == 1:
+        out1: np.ndarray = flat[ends].astype(np.float64)
+        return out1
+    if width <= 32:
+        size = flat.shape[0]
+        total = flat[width - 1 :].astype(np.float64, copy=True)  # total[j]: the window ending at j+width-1
+        for k in range(1, width):
+            total += flat[width - 1 - k : size - k]
+        out2: np.ndarray = total[ends - (width - 1)]
+        return out2
+    blocks, n_blocks = _blocks(flat, width)
+    prefix = blocks.copy()
+    suffix = blocks
+    for k in range(1, width):
+        prefix[k] += prefix[k - 1]
+    for k in range(width - 2, -1, -1):
+        suffix[k] += suffix[k + 1]
+    first = ends - (width - 1)
+    tail = suffix.ravel()[_at(first, width, n_blocks)]
+    tail[first % width == 0] = 0.0  # the window is exactly one block: the prefix has it all
+    out: np.ndarray = prefix.ravel()[_at(ends, width, n_blocks)] + tail
+    return out
+
+
+def _welford(blocks: np.ndarray, reverse: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Running mean and sum of squared deviations along each block (Welford): no cancellation.
+
+    ``blocks`` is position-major (width, blocks); ``reverse`` runs from each block's end.
+    """
+    width = blocks.shape[0]
+    order = range(width - 1, -1, -1) if reverse else range(width)
+    means = np.empty_like(blocks)
+    m2s = np.empty_like(blocks)
+    mean = m2 = np.zeros(blocks.shape[1])
+    for count, k in enumerate(order, start=1):  # one step per position, over every block at once
+        x = blocks[k]
+        delta = x - mean
+        mean = mean + delta / count
+        m2 = m2 + delta * (x - mean)
+        means[k], m2s[k] = mean, m2
+    return means, m2s
+
+
+def window_variance(flat: np.ndarray, ends: np.ndarray, width: int) -> np.ndarray:
+    """Population variance of ``flat[e - width + 1 : e + 1]`` for every ``e`` in ``ends``.
+
+    Van Herk blocks again, each side a Welford running mean and M2, joined with Chan's formula:
+    exact zero for a flat window, and no E[x^2] - E[x]^2 cancellation at any price level.
+    """
+    if width == 1:
+        return np.zeros(ends.size)
+    blocks, n_blocks = _blocks(flat, width)
+    prefix_mean, prefix_m2 = (a.ravel() for a in _welford(blocks))
+    suffix_mean, suffix_m2 = (a.ravel() for a in _welford(blocks, reverse=True))
+    first = ends - (width - 1)
+    end_at, first_at = _at(ends, width, n_blocks), _at(first, width, n_blocks)
+    tail = width - first % width  # values in the suffix part
+    head = width - tail
+    delta = prefix_mean[end_at] - suffix_mean[first_at]
+    joined = suffix_m2[first_at] + prefix_m2[end_at] + delta * delta * (tail * head / width)
+    m2 = np.where(first % width == 0, prefix_m2[end_at], joined)
+    out: np.ndarray = np.maximum(m2, 0.0) / width
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Sessions
+
+
+def parse_clock(text: str) -> tuple[int, int]:
+    """'04:00' -> (4, 0). Raises ValueError."""
+    hours, _, minutes = text.strip().partition(":")
+    if not (hours.isdigit() and minutes.isdigit() and len(minutes) == 2):
+        raise ValueError(text)
+    h, m = int(hours), int(minutes)
+    if not (0 <= h < 24 and 0 <= m < 60):
+        raise ValueError(text)
+    return h, m
+
+
+class SessionClock:
+    """Which trading session an instant belongs to: sessions start at a local wall-clock time.
+
+    A session is named by its local date (days since 1970-01-01). The boundary instants are
+    computed per day with the zone's rules (so daylight saving is right) and cached.
+    """
+
+    def __init__(self, start: str = "04:00", timezone: str = "America/New_York") -> None:
+        self.hour, self.minute = parse_clock(start)
+        self.zone = ZoneInfo(timezone)
+        self._first = 0  # day number of _bounds[0]
+        self._bounds = np.empty(0, dtype=np.int64)
+
+    def _boundary(self, day: date) -> int:
+        local = datetime.combine(day, time(self.hour, self.minute), tzinfo=self.zone)
+        return int(local.timestamp()) * 1_000_000_000
+
+    def _cover(self, lo_ns: int, hi_ns: int) -> None:
+        epoch = date(1970, 1, 1)
+        lo_day = int(lo_ns // 86_400_000_000_000) - 2
+        hi_day = int(hi_ns // 86_400_000_000_000) + 2
+        if self._bounds.size and self._first <= lo_day and self._first + self._bounds.size - 1 >= hi_day:
+            return
+        if self._bounds.size:
+            lo_day = min(lo_day, self._first)
+            hi_day = max(hi_day, self._first + self._bounds.size - 1)
+        days = range(lo_day, hi_day + 1)
+        self._bounds = np.array([self._boundary(epoch + timedelta(days=d)) for d in days], dtype=np.int64)
+        self._first = lo_day
+
+    def keys(self, ns: np.ndarray) -> np.ndarray:
+        """The session (local date of its start, as days since 1970) of each instant."""
+        if ns.size == 0:
+            return np.empty(0, dtype=np.int64)
+        lo, hi = int(ns.min()), int(ns.max())
+        self._cover(lo, hi)
+        first = int(np.searchsorted(self._bounds, lo, side="right")) - 1
+        last = int(np.searchsorted(self._bounds, hi, side="right")) - 1
+        if first == last:
+            return np.full(ns.size, self._first + first, dtype=np.int64)
+        out: np.ndarray = np.searchsorted(self._bounds, ns, side="right") - 1 + self._first
+        return out.astype(np.int64)
+
+
+# ---------------------------------------------------------------------------------------------
+# Exponential averages: EMA, Wilder's RSI and ATR, the MACD lines
+
+
+@dataclass(frozen=True)
+class Average:
+    """An average of ``source`` seeded with the mean of its first ``period`` values.
+
+    ``start`` is the series position of the first input (diffs and true ranges start at the second
+    record; MACD's fast EMA starts where its first ``period`` values end at the slow one's seed).
+    """
+
+    source: str  # 'price', 'gain', 'loss', 'range', or 'macd:<f>,<s>' for a MACD signal line
+    period: int
+    start: int
+    weight: float  # the weight of the new value: 2/(n+1) for an EMA, 1/n for Wilder
+    bars_only: bool = False
+
+    @property
+    def decay(self) -> float:
+        if self.weight == 1.0 / self.period and self.period > 1:
+            return (self.period - 1) / self.period
+        return 1.0 - self.weight
+
+
+def ema_average(source: str, period: int, start: int = 0) -> Average:
+    return Average(source, period, start, 2.0 / (period + 1))
+
+
+def wilder_average(source: str, period: int, start: int = 1, bars_only: bool = False) -> Average:
+    return Average(source, period, start, 1.0 / period, bars_only)
+
+
+def macd_periods(spec: tuple[int, int, int]) -> tuple[int, int, int]:
+    fast, slow, signal = spec
+    return (slow, fast, signal) if fast > slow else (fast, slow, signal)  # TA-Lib swaps them
+
+
+def _averages(spec: Spec) -> list[Average]:
+    found: dict[Average, None] = {}
+    for n in spec.ema:
+        found[ema_average("price", n)] = None
+    for n in spec.rsi:
+        found[wilder_average("gain", n)] = None
+        found[wilder_average("loss", n)] = None
+    for triple in spec.macd:
+        fast, slow, signal = macd_periods(triple)
+        found[ema_average("price", slow)] = None
+        found[ema_average("price", fast, slow - fast)] = None
+        found[ema_average(f"macd:{fast},{slow}", signal, slow - 1)] = None
+    for n in spec.atr:
+        found[wilder_average("range", n, bars_only=True)] = None
+    return list(found)
+
+
+# ---------------------------------------------------------------------------------------------
+# The state
+
+
+_PER_INDICATOR = frozenset({"warm", "value", "sums", "volume_sums"})  # (indicators, series) arrays
+
+
+@dataclass
+class _Arrays:
+    """Per-series state, one row (or entry) per series code.
+
+    The rings hold a series' last ``W`` prices and volumes, the value at series position ``t`` in
+    slot ``t % W``, so a batch reads and writes only the slots its rows touch.
+    """
+
+    count: np.ndarray  # records seen
+    prices: np.ndarray  # (series, W) ring of prices (bar closes)
+    volumes: np.ndarray  # (series, Wv) ring of volumes, int64
+    sums: np.ndarray  # (SMA windows, series): sum of the last n prices
+    volume_sums: np.ndarray  # (volume windows, series): sum of the last n volumes, int64 (exact)
+    warm: np.ndarray  # (averages, series): sum of inputs while warming up
+    value: np.ndarray  # (averages, series): the average after the last record
+    session: np.ndarray  # int64 session key of the last record, or _NO_SESSION
+    pv: np.ndarray  # session sum of price * volume
+    volume: np.ndarray  # session volume, int64
+    high: np.ndarray
+    low: np.ndarray
+
+    @classmethod
+    def empty(cls, capacity: int, shape: _Shape) -> _Arrays:
+        return cls(
+            count=np.zeros(capacity, dtype=np.int64),
+            prices=np.zeros((capacity, shape.ring)),
+            volumes=np.zeros((capacity, shape.volume_ring), dtype=np.int64),
+            sums=np.zeros((shape.windows, capacity)),
+            volume_sums=np.zeros((shape.volume_windows, capacity), dtype=np.int64),
+            warm=np.zeros((shape.averages, capacity)),
+            value=np.zeros((shape.averages, capacity)),
+            session=np.full(capacity, _NO_SESSION, dtype=np.int64),
+            pv=np.zeros(capacity),
+            volume=np.zeros(capacity, dtype=np.int64),
+            high=np.full(capacity, -np.inf),
+            low=np.full(capacity, np.inf),
+        )
+
+    def copy_into(self, fresh: _Arrays, used: int) -> _Arrays:
+        for name, array in vars(self).items():
+            target = getattr(fresh, name)
+            if name in _PER_INDICATOR:
+                target[:, :used] = array[:, :used]
+            else:
+                target[:used] = array[:used]
+        return fresh
+
+    def used(self, used: int) -> dict[str, np.ndarray]:
+        return {
+            name: (array[:, :used] if name in _PER_INDICATOR else array[:used])
+            for name, array in vars(self).items()
+        }
+
+
+@dataclass(frozen=True)
+class _Shape:
+    ring: int
+    volume_ring: int
+    windows: int
+    volume_windows: int
+    averages: int
+
+
+@dataclass
+class _Rows:
+    """One batch's updating rows, grouped by series (sorted order)."""
+
+    rows: np.ndarray  # original row numbers
+    seg: np.ndarray  # segment number of each row
+    series: np.ndarray  # series code of each segment
+    lengths: np.ndarray
+    starts: np.ndarray
+    rank: np.ndarray  # row number inside its segment
+    seen: np.ndarray  # per segment: records of the series before this batch
+    is_bar: np.ndarray  # per segment
+    layout: ScanLayout
+
+
+@dataclass
+class IndicatorState:
+    """Streaming indicators for every series: ``add`` batches, ``snapshot``/``restore`` the state.
+
+    Example: trade ingest --source sim | trade enrich --state enrich.state | trade screen
+    """
+
+    spec: Spec = field(default_factory=Spec)
+
+    def __post_init__(self) -> None:
+        self.averages = _averages(self.spec)
+        # every SMA the output needs (Bollinger's middle band is one), with a carried sum each
+        self.windows = tuple(dict.fromkeys([*self.spec.sma, *(n for n, _ in self.spec.bbands)]))
+        self.shape = _Shape(
+            ring=max([*self.windows, 1]),
+            volume_ring=max([*self.spec.volume_avg, 1]),
+            windows=len(self.windows),
+            volume_windows=len(self.spec.volume_avg),
+            averages=len(self.averages),
+        )
+        self.clock = SessionClock(self.spec.session_start, self.spec.timezone)
+        self.columns = self.spec.columns()
+        self._keys: list[tuple[int, str]] = []  # (kind, symbol) of each series code
+        self._codes: dict[tuple[int, str], int] = {}
+        self._state = _Arrays.empty(64, self.shape)
+        self._lut_dictionary: pa.Array | None = None
+        self._lut = np.empty(0, dtype=np.int64)
+
+    # -- the talipp-like interface --------------------------------------------------------------
+    @property
+    def series(self) -> int:
+        return len(self._keys)
+
+    @property
+    def symbols(self) -> int:
+        return len({symbol for _, symbol in self._keys})
+
+    def add(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+        """The batch with its indicator columns; the state moves on past its records."""
+        return self._enrich(batch)
+
+    def snapshot(self) -> bytes:
+        """The whole state as bytes (magic line, JSON header, numpy arrays)."""
+        arrays = self._state.used(len(self._keys))
+        header = {
+            "version": SNAPSHOT_VERSION,
+            "indicators": self.spec.indicators(),
+            "shape": asdict(self.shape),
+            "averages": [asdict(a) for a in self.averages],
+            "kinds": [kind for kind, _ in self._keys],
+            "symbols": [symbol for _, symbol in self._keys],
+        }
+        buffer = io.BytesIO()
+        np.savez(buffer, allow_pickle=False, **arrays)
+        head = json.dumps(header, separators=(",", ":")).encode()
+        return SNAPSHOT_MAGIC + head + b"\n" + buffer.getvalue()
+
+    def restore(self, data: bytes) -> None:
+        """Continue from a snapshot. Raises ValueError if it is not one, or is for other indicators."""
+        if not data.startswith(SNAPSHOT_MAGIC):
+            raise ValueError("not an enrich state file")
+        head, _, payload = data[len(SNAPSHOT_MAGIC) :].partition(b"\n")
+        try:
+            header = json.loads(head)
+        except ValueError as err:
+            raise ValueError("the state file's header is damaged") from err
+        if header.get("version") != SNAPSHOT_VERSION:
+            raise ValueError(f"state file version {header.get('version')} is not {SNAPSHOT_VERSION}")
+        if header.get("indicators") != self.spec.indicators():
+            raise ValueError("the state file was saved with other indicators or periods")
+        try:
+            with np.load(io.BytesIO(payload), allow_pickle=False) as npz:
+                loaded = {name: npz[name] for name in npz.files}
+        except (ValueError, OSError, KeyError, EOFError, zipfile.BadZipFile) as err:
+            raise ValueError("the state file's arrays are damaged") from err
+        kinds, symbols = header["kinds"], header["symbols"]
+        used = len(symbols)
+        if set(loaded) != set(vars(self._state)) or len(kinds) != used:
+            raise ValueError("the state file's arrays are incomplete")
+        state = _Arrays.empty(max(64, used), self.shape)
+        try:
+            for name, array in loaded.items():
+                target = getattr(state, name)
+                if name in _PER_INDICATOR:
+                    target[:, :used] = array
+                else:
+                    target[:used] = array
+        except ValueError as err:
+            raise ValueError("the state file's arrays have the wrong shape") from err
+        self._state = state
+        self._keys = [(int(k), str(s)) for k, s in zip(kinds, symbols, strict=True)]
+        self._codes = {key: i for i, key in enumerate(self._keys)}
+        self._lut_dictionary = None
+
+    # -- series codes ---------------------------------------------------------------------------
+    def _series_codes(self, dictionary: pa.Array, indices: np.ndarray, is_bar: np.ndarray) -> np.ndarray:
+        """A series code per row from the symbol dictionary index and the kind (trade/bar)."""
+        size = len(dictionary)
+        if self._lut_dictionary is None or not (
+            dictionary is self._lut_dictionary or dictionary.equals(self._lut_dictionary)
+        ):
+            self._lut_dictionary = dictionary
+            self._lut = np.full(2 * size, -1, dtype=np.int64)
+        key = indices.astype(np.int64) + is_bar.astype(np.int64) * size
+        codes = self._lut[key]
+        if (codes < 0).any():
+            names = dictionary.to_pylist()
+            for k in np.unique(key[codes < 0]):
+                kind, symbol = int(k // size), str(names[int(k % size)])
+                code = self._codes.get((kind, symbol))
+                if code is None:
+                    code = len(self._keys)
+                    self._keys.append((kind, symbol))
+                    self._codes[(kind, symbol)] = code
+                self._lut[k] = code
+            capacity = self._state.count.shape[0]
+            if len(self._keys) > capacity:
+                fresh = _Arrays.empty(max(2 * capacity, len(self._keys)), self.shape)
+                self._state = self._state.copy_into(fresh, capacity)
+            codes = self._lut[key]
+        out: np.ndarray = codes
+        return out
+
+    def _group(self, rows: np.ndarray, codes: np.ndarray, is_bar_row: np.ndarray) -> _Rows:
+        n_series = len(self._keys)
+        sortable = codes.astype(np.uint16) if n_series <= 65_536 else codes
+        order = np.argsort(sortable, kind="stable")  # uint16: a radix sort
+        per_series = np.bincount(codes, minlength=n_series)
+        series = np.flatnonzero(per_series)
+        lengths = per_series[series]
+        starts = np.cumsum(lengths) - lengths
+        return _Rows(
+            rows=rows[order],
+            seg=np.repeat(np.arange(series.size), lengths),
+            series=series,
+            lengths=lengths,
+            starts=starts,
+            rank=np.arange(rows.size) - np.repeat(starts, lengths),
+            seen=self._state.count[series],
+            is_bar=is_bar_row[order][starts],
+            layout=ScanLayout(lengths),
+        )
+
+    # -- one batch ------------------------------------------------------------------------------
+    def _enrich(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+        names = batch.schema.names
+        if "type" not in names or batch.num_rows == 0:
+            return batch
+        kinds = _type_codes(batch.column("type"))
+        if not (kinds > 0).any():
+            return batch  # no market records: nothing to add
+        n = batch.num_rows
+        is_trade, is_quote, is_bar = kinds == TRADE, kinds == QUOTE, kinds == BAR
+        price = _floats(batch, "price") if is_trade.any() else None
+        close = _floats(batch, "close") if is_bar.any() else None
+        updating = np.zeros(n, dtype=bool)
+        if price is not None:
+            updating |= is_trade & ~np.isnan(price)
+        if close is not None:
+            updating |= is_bar & ~np.isnan(close)
+        symbol: pa.Array | None = batch.column("symbol") if "symbol" in names else None
+        if symbol is None:
+            updating[:] = False
+        else:
+            if not pa.types.is_dictionary(symbol.type):
+                symbol = pc.dictionary_encode(symbol.cast(pa.string()))
+            if symbol.null_count:
+                updating &= np.asarray(symbol.is_valid())
+
+        floats: dict[str, np.ndarray] = {}  # original row order, NaN = null
+        day_volume: pa.Array | None = None
+        bar_vwap = _bar_vwap(batch, is_bar)
+        rows = np.flatnonzero(updating)
+        if rows.size:
+            assert symbol is not None
+            indices = np.asarray(symbol.indices.to_numpy(zero_copy_only=False))[rows]
+            codes = self._series_codes(symbol.dictionary, indices, is_bar[rows])
+            group = self._group(rows, codes, is_bar[rows])
+            values, volumes, commit = self._compute(batch, group, price, close, bar_vwap)
+            everything = rows.size == n
+            for name, column in values.items():
+                full = np.empty(n) if everything else np.full(n, np.nan)
+                full[group.rows] = column
+                floats[name] = full
+            full = np.zeros(n, dtype=np.int64)
+            full[group.rows] = volumes
+            day_volume = from_numpy(full, mask=~updating)
+            commit()
+            # elementwise columns need no grouping: computed in the batch's own row order
+            own = price if close is None else close if price is None else np.where(is_bar, close, price)
+            floats["gap_pct"] = np.where(updating, own / _floats(batch, "prev_close") - 1.0, np.nan)
+            if spec_volume := self.spec.volume_avg:
+                average = floats[f"avg_volume_{spec_volume[0]}"]
+                volume, volume_ok = _ints(batch, "volume")
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    floats["volume_ratio"] = np.where((average > 0) & volume_ok, volume / average, np.nan)
+        if is_quote.any():
+            bid, ask = _floats(batch, "bid"), _floats(batch, "ask")
+            with np.errstate(invalid="ignore"):
+                both = is_quote & (bid > 0) & (ask > 0)
+            floats["mid"] = np.where(both, (bid + ask) / 2, np.nan)
+            floats["spread"] = np.where(both, ask - bid, np.nan)
+
+        new: dict[str, pa.Array] = {}
+        for name in self.columns:
+            if name == "day_volume":
+                new[name] = day_volume if day_volume is not None else pa.nulls(n, I64)
+            elif name in floats:
+                values_ = np.ascontiguousarray(floats[name])
+                new[name] = from_numpy(values_, mask=np.isnan(values_))
+            else:
+                new[name] = pa.nulls(n, F64)
+        return _assemble(batch, new, updating | is_quote, bar_vwap)
+
+    def _compute(
+        self,
+        batch: pa.RecordBatch,
+        g: _Rows,
+        price: np.ndarray | None,
+        close: np.ndarray | None,
+        bar_vwap: pa.Array | None,
+    ) -> tuple[dict[str, np.ndarray], np.ndarray, Callable[[], None]]:
+        """Every float indicator for the grouped rows (sorted order), day volume, and a commit."""
+        st, spec = self._state, self.spec
+        rows, lengths, starts = g.rows, g.lengths, g.starts
+        total, segments = rows.size, lengths.size
+        any_bar = bool(g.is_bar.any())
+        bar_row = np.repeat(g.is_bar, lengths) if any_bar else None
+        if close is None:
+            assert price is not None
+            x = price[rows]
+        elif price is None:
+            x = close[rows]
+        else:
+            x = np.where(np.repeat(g.is_bar, lengths), close[rows], price[rows])
+        vol = _ints(batch, "volume")[0][rows]
+        position = np.repeat(g.seen, lengths) + g.rank  # of each row in its series
+        series_row = g.series[g.seg]
+        ring, volume_ring = self.shape.ring, self.shape.volume_ring
+
+        def back(values: np.ndarray, saved: np.ndarray, size: int, width: int) -> np.ndarray:
+            """The value ``width`` records before each row: from this batch, else from the ring."""
+            out = np.zeros(total, dtype=values.dtype)
+            inside = np.flatnonzero(g.rank >= width)
+            out[inside] = values[inside - width]
+            outside = np.flatnonzero((g.rank < width) & (position >= width))
+            out[outside] = saved[series_row[outside], (position[outside] - width) % size]
+            return out
+
+        prev = back(x, st.prices, ring, 1)  # the previous price of the series (from its second record)
+        out: dict[str, np.ndarray] = {}
+        results: dict[str, np.ndarray] = {}
+        linear: list[_Job] = []
+
+        # windowed sums: a row whose window lies in this batch sums it directly (van Herk, below);
+        # the first n-1 rows of a segment move the series' carried sum on by (new - leaving)
+        # values. The carried sum is recomputed from the ring every n records, so rounding never
+        # accumulates, and no sum ever spans two symbols.
+        heads: dict[int, np.ndarray] = {}  # window -> its head rows, when scanned apart
+        for i, width in enumerate(self.windows):
+            carried_sum = st.sums[i, g.series].copy()
+            fresh = np.flatnonzero((g.seen > 0) & (g.seen // width != (g.seen + lengths) // width))
+            if fresh.size:
+                at = g.seen[fresh, None] - width + np.arange(width)
+                held = st.prices[g.series[fresh, None], at % ring]
+                carried_sum[fresh] = np.where(at >= 0, held, 0.0).sum(axis=1)
+            reach = np.minimum(lengths, width - 1)  # rows of each segment whose window reaches back
+            if 2 * int(reach.sum()) < total:
+                head = np.flatnonzero(g.rank < width - 1)
+                leaving = np.zeros(head.size)
+                old = np.flatnonzero(position[head] >= width)
+                leaving[old] = st.prices[series_row[head[old]], (position[head[old]] - width) % ring]
+                heads[i] = head
+                linear.append(
+                    _Job(ScanLayout(reach), x[head] - leaving, carried_sum, 1.0, f"sum{i}", results)
+                )
+            else:
+                linear.append(
+                    _Job(g.layout, x - back(x, st.prices, ring, width), carried_sum, 1.0, f"sum{i}", results)
+                )
+        volume_sums: list[np.ndarray] = []
+        for i, width in enumerate(spec.volume_avg):
+            change = vol - back(vol, st.volumes, volume_ring, width)
+            volume_sums.append(seg_cumsum_int(change, lengths, st.volume_sums[i, g.series]))
+
+        # the session: VWAP, and the day's range and volume
+        keys = self.clock.keys(_ints(batch, "timestamp")[0][rows])
+        carried = st.session[g.series]
+        if int(keys.min()) == int(keys.max()):
+            key = int(keys[0])
+            epoch = np.maximum(carried, key)[g.seg]
+            continues = carried >= key
+            runs = g.layout
+            run_series = g.series
+        else:
+            init = np.where(carried == _NO_SESSION, -np.inf, carried.astype(np.float64))
+            epoch_f = g.layout.scan([keys.astype(np.float64)], init[None, :], _MAX)[0]
+            before = np.empty(total)
+            before[1:] = epoch_f[:-1]
+            before[starts] = init
+            reset = epoch_f > before
+            epoch = epoch_f.astype(np.int64)
+            flags = reset.copy()
+            flags[starts] = True
+            run_first = np.flatnonzero(flags)
+            run_lengths = np.diff(np.append(run_first, total))
+            continues = (g.rank[run_first] == 0) & ~reset[run_first]
+            runs = ScanLayout(run_lengths) if run_first.size != segments else g.layout
+            run_series = g.series[g.seg[run_first]]
+        if any_bar:
+            assert bar_row is not None
+            high = np.where(bar_row, _floats(batch, "high")[rows], x)
+            low = np.where(bar_row, _floats(batch, "low")[rows], x)
+            typical = (high + low + x) / 3
+            own = bar_vwap.to_numpy(zero_copy_only=False)[rows] if bar_vwap is not None else typical
+            vwap_price = np.where(bar_row, np.where(np.isnan(own), typical, own), x)
+        else:
+            high = low = vwap_price = x
+        linear.append(
+            _Job(runs, vwap_price * vol, np.where(continues, st.pv[run_series], 0.0), 1.0, "pv", results)
+        )
+        extremes = [
+            _Job(runs, high, np.where(continues, st.high[run_series], -np.inf), 1.0, "high", results),
+            _Job(runs, -low, -np.where(continues, st.low[run_series], np.inf), 1.0, "low", results),
+        ]
+        _run(extremes, _MAX)  # the day's low is minus the maximum of minus the lows
+        day_high, day_low = results["high"], -results["low"]
+        cum_v = seg_cumsum_int(vol, runs.lengths, np.where(continues, st.volume[run_series], 0))
+        # exponential averages, those of prices first, then the MACD signal lines built on them
+        sources: dict[str, np.ndarray] = {"price": x}
+        if any(avg.source in ("gain", "loss") for avg in self.averages):
+            change = x - prev
+            sources["gain"], sources["loss"] = np.maximum(change, 0.0), np.maximum(-change, 0.0)
+        if any(avg.source == "range" for avg in self.averages):
+            sources["range"] = np.maximum(high - low, np.maximum(np.abs(high - prev), np.abs(low - prev)))
+        averaged: dict[Average, np.ndarray] = {}
+        new_warm = st.warm[:, g.series].copy()
+        new_value = st.value[:, g.series].copy()
+        first_stage = [i for i, avg in enumerate(self.averages) if not avg.source.startswith("macd:")]
+        second_stage = [i for i, avg in enumerate(self.averages) if avg.source.startswith("macd:")]
+        linear += self._averages(g, first_stage, sources, bar_row, averaged, new_warm, new_value)
+        _run(linear, _LINEAR)
+        cum_pv = results["pv"]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out["vwap"] = np.where(cum_v > 0, cum_pv / cum_v, np.nan)
+        smas: dict[int, np.ndarray] = {}
+        window_sums_now: dict[int, np.ndarray] = {}
+        for i, width in enumerate(self.windows):
+            if i in heads:
+                window_sum = np.empty(total)
+                window_sum[heads[i]] = results[f"sum{i}"]
+            else:
+                window_sum = results[f"sum{i}"]
+            inside = np.flatnonzero(g.rank >= width - 1)  # the window lies in this batch: sum it afresh
+            if inside.size:
+                window_sum[inside] = window_sums(x, inside, width)
+            window_sums_now[i] = window_sum
+            smas[width] = window_sum / width
+            if int(g.seen.min()) < width - 1:
+                smas[width][position < width - 1] = np.nan
+        for width in spec.sma:
+            out[f"sma_{width}"] = smas[width]
+        for i in second_stage:
+            fast, slow = (int(p) for p in self.averages[i].source.split(":")[1].split(","))
+            line = averaged[ema_average("price", fast, slow - fast)] - averaged[ema_average("price", slow)]
+            sources[self.averages[i].source] = line
+        _run(self._averages(g, second_stage, sources, bar_row, averaged, new_warm, new_value), _LINEAR)
+
+        for width in spec.ema:
+            out[f"ema_{width}"] = averaged[ema_average("price", width)]
+        for width in spec.rsi:
+            gain, loss = averaged[wilder_average("gain", width)], averaged[wilder_average("loss", width)]
+            both = gain + loss
+            with np.errstate(invalid="ignore", divide="ignore"):
+                out[f"rsi_{width}"] = np.where(both == 0, 0.0, 100.0 * gain / both)
+            out[f"rsi_{width}"][np.isnan(both)] = np.nan
+        for triple in spec.macd:
+            fast, slow, signal = macd_periods(triple)
+            line = sources[f"macd:{fast},{slow}"]
+            sig = averaged[ema_average(f"macd:{fast},{slow}", signal, slow - 1)]
+            suffix = "_".join(map(str, triple))
+            out[f"macd_{suffix}"] = np.where(np.isnan(sig), np.nan, line)
+            out[f"macd_signal_{suffix}"] = sig
+            out[f"macd_hist_{suffix}"] = line - sig
+        for width, k in spec.bbands:
+            middle = smas[width]
+            std = np.sqrt(self._variance(g, x, position, width))
+            suffix = f"{width}_{format_number(k)}"
+            out[f"bb_upper_{suffix}"] = middle + k * std
+            out[f"bb_middle_{suffix}"] = middle
+            out[f"bb_lower_{suffix}"] = middle - k * std
+        for width in spec.atr:
+            out[f"atr_{width}"] = averaged[wilder_average("range", width, bars_only=True)]
+
+        for i, width in enumerate(spec.volume_avg):
+            average = volume_sums[i] / width
+            if int(g.seen.min()) < width - 1:
+                average[position < width - 1] = np.nan
+            out[f"avg_volume_{width}"] = average
+        out["day_high"] = day_high
+        out["day_low"] = day_low
+
+        last = starts + lengths - 1  # a segment's last session run ends at its last row
+        kept = np.flatnonzero(g.rank >= lengths[g.seg] - ring)  # rows that stay in the ring
+        kept_volume = np.flatnonzero(g.rank >= lengths[g.seg] - volume_ring)
+        new_sums = np.array([window_sums_now[i][last] for i in range(len(self.windows))])
+        new_volume_sums = np.array([sums[last] for sums in volume_sums])
+
+        def commit() -> None:
+            series = g.series
+            st.count[series] += lengths
+            st.prices[series_row[kept], position[kept] % ring] = x[kept]
+            st.volumes[series_row[kept_volume], position[kept_volume] % volume_ring] = vol[kept_volume]
+            if self.windows:
+                st.sums[:, series] = new_sums
+            if spec.volume_avg:
+                st.volume_sums[:, series] = new_volume_sums
+            st.warm[:, series] = new_warm
+            st.value[:, series] = new_value
+            st.session[series] = epoch[last]
+            st.pv[series] = cum_pv[last]
+            st.volume[series] = cum_v[last]
+            st.high[series] = day_high[last]
+            st.low[series] = day_low[last]
+
+        return out, cum_v, commit
+
+    def _variance(self, g: _Rows, x: np.ndarray, position: np.ndarray, width: int) -> np.ndarray:
+        """Population variance over the last ``width`` prices of each row's series.
+
+        A flat array holds, per segment, the series' ``width - 1`` previous prices (from its ring)
+        and then the new ones; van Herk blocks with Welford/Chan statistics do the rest.
+        """
+        st, ring = self._state, self.shape.ring
+        lengths, segments, history = g.lengths, g.lengths.size, width - 1
+        at = np.arange(x.size) + np.repeat((np.arange(segments) + 1) * history, lengths)
+        flat = np.empty(x.size + segments * history)
+        flat[at] = x
+        if history:
+            before = g.seen[:, None] - history + np.arange(history)
+            held = st.prices[g.series[:, None], before % ring]
+            base = g.starts + np.arange(segments) * history
+            flat[(base[:, None] + np.arange(history)).ravel()] = np.where(before >= 0, held, 0.0).ravel()
+        variance = window_variance(flat, at, width)
+        variance[position < width - 1] = np.nan
+        return variance
+
+    def _averages(
+        self,
+        g: _Rows,
+        chosen: list[int],
+        sources: dict[str, np.ndarray],
+        bar_row: np.ndarray | None,
+        averaged: dict[Average, np.ndarray],
+        new_warm: np.ndarray,
+        new_value: np.ndarray,
+    ) -> list[_Job]:
+        """Scan jobs for the chosen averages; their results land in ``averaged`` and ``new_value``."""
+        lengths, seen = g.lengths, g.seen
+        jobs: list[_Job] = []
+        layouts: dict[bytes, tuple[ScanLayout, np.ndarray | None]] = {}
+        for i in chosen:
+            avg = self.averages[i]
+            source = sources[avg.source]
+            warm_end = avg.start + avg.period  # series positions start .. warm_end-1 are summed
+            if bool(((seen < warm_end) & (seen + lengths > avg.start)).any()):
+                index = np.repeat(seen, lengths) + g.rank - avg.start
+                warming = (index >= 0) & (index < avg.period)
+                if avg.bars_only:
+                    warming &= bar_row if bar_row is not None else False
+                new_warm[i] += np.bincount(g.seg[warming], weights=source[warming], minlength=lengths.size)
+            head = np.clip(warm_end - 1 - seen, 0, lengths)  # rows before the seed
+            if avg.bars_only:
+                head = np.where(g.is_bar, head, lengths)
+            on_lengths = lengths - head
+            if not on_lengths.any():
+                averaged[avg] = np.full(g.rows.size, np.nan)
+                continue
+            key = head.tobytes()
+            if key not in layouts:
+                every = not head.any()
+                on = None if every else np.flatnonzero(g.rank >= np.repeat(head, lengths))
+                layouts[key] = (g.layout if every else ScanLayout(on_lengths), on)
+            layout, on = layouts[key]
+            on_starts = np.cumsum(on_lengths) - on_lengths
+            inputs = (source if on is None else source[on]) * avg.weight
+            seeded = seen - avg.start >= avg.period
+            # a series whose seed is in this batch starts from 0 with the seed as its input
+            seeding = ~seeded & (on_lengths > 0)
+            inputs[on_starts[seeding]] = new_warm[i, seeding] / avg.period
+            init = np.where(seeded, new_value[i], 0.0)
+            has = on_lengths > 0
+            ends = (on_starts + on_lengths - 1)[has]
+
+            def finish(
+                result: np.ndarray,
+                i: int = i,
+                on: np.ndarray | None = on,
+                ends: np.ndarray = ends,
+                has: np.ndarray = has,
+            ) -> None:
+                values = result
+                if on is not None:
+                    values = np.full(g.rows.size, np.nan)
+                    values[on] = result
+                averaged[self.averages[i]] = values
+                new_value[i, has] = result[ends]
+
+            jobs.append(_Job(layout, inputs, init, avg.decay, finish))
+        return jobs
+
+
+@dataclass
+class _Job:
+    """One channel of a scan: its layout, values, per-segment start, and where the result goes."""
+
+    layout: ScanLayout
+    values: np.ndarray
+    init: np.ndarray
+    decay: float
+    finish: Callable[[np.ndarray], None] | str
+    results: dict[str, np.ndarray] | None = None
+
+
+def _run(jobs: list[_Job], op: int) -> None:
+    """Scan the jobs, one call per layout with every job on it as a channel."""
+    groups: dict[int, list[_Job]] = {}
+    for job in jobs:
+        groups.setdefault(id(job.layout), []).append(job)
+    for members in groups.values():
+        values = [job.values for job in members]
+        init = np.stack([job.init for job in members])
+        decay = np.array([job.decay for job in members])
+        result = members[0].layout.scan(values, init, op, decay)
+        for c, job in enumerate(members):
+            if isinstance(job.finish, str):
+                assert job.results is not None
+                job.results[job.finish] = result[c]
+            else:
+                job.finish(result[c])
+
+
+# ---------------------------------------------------------------------------------------------
+# Columns in and out
+
+
+def _type_codes(column: pa.Array) -> np.ndarray:
+    """0 (other), TRADE, QUOTE or BAR per row."""
+    if not pa.types.is_dictionary(column.type):
+        column = pc.dictionary_encode(column.cast(pa.string()))
+    lookup = np.array([_TYPE_CODES.get(v, 0) for v in column.dictionary.to_pylist()] + [0], dtype=np.int8)
+    indices = column.indices
+    if indices.null_count:
+        indices = indices.fill_null(len(lookup) - 1)
+    out: np.ndarray = lookup[np.asarray(indices.to_numpy(zero_copy_only=False))]
+    return out
+
+
+def _floats(batch: pa.RecordBatch, name: str) -> np.ndarray:
+    """A column as float64 with NaN for nulls (all NaN if absent)."""
+    index = batch.schema.get_field_index(name)
+    if index < 0:
+        return np.full(batch.num_rows, np.nan)
+    column = batch.column(index)
+    if column.type != F64:
+        try:
+            column = column.cast(F64)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+            return np.full(batch.num_rows, np.nan)
+    out: np.ndarray = np.asarray(column.to_numpy(zero_copy_only=False), dtype=np.float64)
+    return out
+
+
+def _ints(batch: pa.RecordBatch, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """An integer (or timestamp) column as int64 with 0 for nulls, and where it was valid."""
+    index = batch.schema.get_field_index(name)
+    n = batch.num_rows
+    if index < 0:
+        return np.zeros(n, dtype=np.int64), np.zeros(n, dtype=bool)
+    column = batch.column(index)
+    if pa.types.is_timestamp(column.type):
+        if column.type.unit != "ns":
+            column = column.cast(pa.timestamp("ns", tz=column.type.tz))
+        column = column.view(pa.int64())  # ns since the epoch, without a copy
+    elif column.type != I64:
+        try:
+            column = column.cast(I64)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+            return np.zeros(n, dtype=np.int64), np.zeros(n, dtype=bool)
+    valid = np.ones(n, dtype=bool) if column.null_count == 0 else np.asarray(column.is_valid())
+    if column.null_count:
+        column = column.fill_null(0)
+    return np.asarray(column.to_numpy(zero_copy_only=False), dtype=np.int64), valid
+
+
+def _bar_vwap(batch: pa.RecordBatch, is_bar: np.ndarray) -> pa.Array | None:
+    """The bars' own VWAP column (``bar_vwap``, else a bar's provider ``vwap``), or None.
+
+    Decided by the columns, not the rows, so a stream keeps one schema from batch to batch.
+    """
+    names = batch.schema.names
+    if "bar_vwap" in names:
+        column = batch.column("bar_vwap")
+        return column if column.type == F64 else column.cast(F64)
+    if "vwap" not in names:
+        return None
+    if not is_bar.any():
+        return pa.nulls(batch.num_rows, F64)
+    vwap = batch.column("vwap")
+    vwap = vwap if vwap.type == F64 else vwap.cast(F64)
+    return pc.if_else(from_numpy(is_bar), vwap, pa.nulls(batch.num_rows, F64))
+
+
+def _assemble(
+    batch: pa.RecordBatch, new: dict[str, pa.Array], owned: np.ndarray, bar_vwap: pa.Array | None
+) -> pa.RecordBatch:
+    """Input columns first (a bar's provider vwap kept as bar_vwap), then the indicator columns.
+
+    An indicator column that the input already had (enriched twice) is replaced on the rows
+    enrich computes and kept on the others.
+    """
+    columns = list(batch.columns)
+    names = list(batch.schema.names)
+    if bar_vwap is not None:
+        if "bar_vwap" in names:
+            columns[names.index("bar_vwap")] = bar_vwap
+        else:
+            names.append("bar_vwap")
+            columns.append(bar_vwap)
+    owned_arrow: pa.Array | None = None
+    for name, column in new.items():
+        if name not in names:
+            names.append(name)
+            columns.append(column)
+            continue
+        i = names.index(name)
+        if owned_arrow is None:
+            owned_arrow = from_numpy(owned)
+        try:
+            columns[i] = pc.if_else(owned_arrow, column, columns[i].cast(column.type))
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+            columns[i] = column
+    return pa.record_batch(columns, names=names)
