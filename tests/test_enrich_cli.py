@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import time
 from pathlib import Path
@@ -14,7 +13,6 @@ import pytest
 from conftest import ROOT, arrow_table, child_env, invoke, ndjson_records, run_trade, sim_args, trade_argv
 
 GOLDEN = ROOT / "tests" / "golden" / "enrich"
-UPDATE = os.environ.get("TRADECLI_UPDATE_GOLDEN") == "1"  # rewrite the .out files instead of comparing
 
 
 def sim(count: int, *extra: str, seed: int = 7) -> bytes:
