@@ -16,7 +16,6 @@ a prefix measures it well) to keep the run short.
 
 from __future__ import annotations
 
-import os
 import statistics
 import subprocess
 import time
@@ -45,24 +44,6 @@ def _columns(path: str) -> tuple[pa.Table, np.ndarray, np.ndarray, np.ndarray, l
     return table, codes, price, volume, names
 
 
-def _measured(bench: Bench, argv: list[str], name: str) -> tuple[list[str], Any]:
-    """``argv`` under GNU time, whose -o file will hold its peak RSS in KB.
-
-    The harness's wait4 figure includes the RSS of the (large) benchmark process the stage was
-    spawned from: Linux keeps the pre-exec high-water mark in ru_maxrss. GNU time forks the stage
-    from a small process, so its figure is the stage's own.
-    """
-    if not os.path.exists("/usr/bin/time"):
-        return argv, None
-    out = bench.workdir / f"{name}.rss"
-    return ["/usr/bin/time", "-f", "%M", "-o", str(out), *argv], out
-
-
-def _peak(result: Any, out: Any, label: str = "enrich (own)") -> None:
-    if out is not None and out.exists():
-        result.peak_rss_mb[label] = round(int(out.read_text().split()[-1]) / 1024, 1)
-
-
 def run(bench: Bench) -> None:
     n = bench.events
     sim = ["ingest", "--seed", "1", "--date", "2026-11-20", "--universe", UNIVERSE, "--types", "trades"]
@@ -71,12 +52,10 @@ def run(bench: Bench) -> None:
     ndjson = bench.file("enrich-trades.ndjson", trade(*sim))
 
     for label, path in (("Arrow", arrow), ("NDJSON", ndjson)):
-        enrich, rss = _measured(bench, trade("enrich", "--quiet"), f"enrich-{label}")
-        result = bench.pipeline(
-            "enrich", f"cat | trade enrich | cat  ({label})", [["cat", str(path)], enrich, ["cat"]], n,
-            names=["cat", "enrich", "cat"],
-        )  # fmt: skip
-        _peak(result, rss)
+        stages = [["cat", str(path)], trade("enrich", "--quiet"), ["cat"]]
+        bench.pipeline(
+            "enrich", f"cat | trade enrich | cat  ({label})", stages, n, names=["cat", "enrich", "cat"]
+        )
     bench.pipeline(
         "enrich",
         "ingest --source sim | enrich  (Arrow)",
@@ -296,15 +275,13 @@ def _many_symbols(bench: Bench) -> None:
         ("+ MACD, Bollinger, SMA 200", ["--macd", "12,26,9", "--bbands", "20,2"]),
     ):
         spec = ["--sma", "20,200"] if extra else []
-        enrich, rss = _measured(bench, trade("enrich", "--quiet", *extra, *spec), "enrich-10k")
-        result = bench.pipeline(
+        bench.pipeline(
             "enrich",
             f"10,000 symbols, {label}: cat | enrich | cat (Arrow)",
-            [["cat", str(path)], enrich, ["cat"]],
+            [["cat", str(path)], trade("enrich", "--quiet", *extra, *spec), ["cat"]],
             n,
             names=["cat", "enrich", "cat"],
         )
-        _peak(result, rss)
 
 
 def _startup(bench: Bench) -> None:

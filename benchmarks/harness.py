@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+GNU_TIME = "/usr/bin/time"
 
 
 def trade(*args: str) -> list[str]:
@@ -74,8 +75,18 @@ class Bench:
         note: str = "",
         names: Sequence[str] | None = None,
     ) -> Result:
-        """Run stages joined by pipes; time from the first start to the last exit."""
+        """Run stages joined by pipes; time from the first start to the last exit.
+
+        Each stage runs under GNU time where it is installed, for its own peak RSS: wait4's
+        ru_maxrss would also count the (large) benchmark process it was forked from, since Linux
+        keeps the high-water mark from before exec.
+        """
         self.log(f"  {group}: {case} ...")
+        rss_files = [self.workdir / f"rss-{os.getpid()}-{i}.txt" for i in range(len(stages))]
+        if os.path.exists(GNU_TIME):
+            stages = [
+                [GNU_TIME, "-f", "%M", "-o", str(f), *argv] for f, argv in zip(rss_files, stages, strict=True)
+            ]
         processes: list[subprocess.Popen[bytes]] = []
         first_input = open(stdin, "rb") if stdin else None  # noqa: SIM115 - closed below
         sink = open(stdout or os.devnull, "wb")  # noqa: SIM115 - closed below
@@ -100,7 +111,8 @@ class Bench:
                 _, status, usage = os.wait4(proc.pid, 0)
                 proc.returncode = os.waitstatus_to_exitcode(status)
                 label = names[i] if names else f"stage {i + 1}"
-                peaks[label] = round(usage.ru_maxrss / 1024, 1)
+                own = rss_files[i].read_text().split() if rss_files[i].exists() else []
+                peaks[label] = round((int(own[-1]) if own else usage.ru_maxrss) / 1024, 1)
                 if proc.returncode != 0:
                     raise RuntimeError(f"{group}/{case}: {label} exited {proc.returncode}")
             elapsed = time.perf_counter() - started
