@@ -83,17 +83,9 @@ class Console(Channel):
         ]
         if which:
             parts.append(self._style(which, which.upper()))
-        line = (
-            " ".join(parts)
-            + "  "
-            + "  ".join(
-                f"{name.lower() if name != 'R/R Ratio' else 'R/R'} {value}"
-                for name, value in table[1:]
-                if value != f.NA
-            )
-        )
+        numbers = "  ".join(f"{f.short_name(name)} {value}" for name, value in table[1:] if value != f.NA)
         message = f.text(signal.get("message"))
-        return "🚨 " + line + (f"  {message}" if message else "") + "\n"
+        return "  ".join(x for x in ("🚨 " + " ".join(parts), numbers, message) if x) + "\n"
 
     def preview(self, rendered: str) -> str:
         return rendered.rstrip("\n")
