@@ -18,7 +18,7 @@ from alert_standins import DiscordStandIn, SlackStandIn, WebhookStandIn, dead_ur
 from tradecli.delivery import Item, SpoolQueue, backoff
 from tradecli.outbox import Entry, Outbox, replay
 from tradecli.records import normalise
-from tradecli.stages.alert import AlertOptions, alert, alert_id, alert_ids, receipts_batch, select, to_records
+from tradecli.stages.alert import AlertOptions, alert, alert_id, receipts_batch, select, to_records
 
 TS = 1_763_649_000_000_000_000
 
@@ -87,13 +87,12 @@ def test_to_records_keeps_ns_and_nulls() -> None:
 
 def test_alert_ids_are_stable_and_distinct() -> None:
     records = [sig(i) for i in range(50)]
-    ids = alert_ids(batch(records))
+    ids = [alert_id(r) for r in to_records(batch(records))]
     assert len(set(ids)) == 50
-    assert ids == alert_ids(batch(records))
-    assert ids == [alert_id(r) for r in to_records(batch(records))]
+    assert ids == [alert_id(r) for r in records]  # the same through the wire and back
     assert alert_id(sig(1, confidence=0.1, source="x")) == alert_id(sig(1))  # not part of the identity
     assert alert_id(sig(1, message="other")) != alert_id(sig(1))
-    assert alert_ids(batch([sig(1, alert_id="given-id")])) == ["given-id"]
+    assert alert_id(sig(1, alert_id="given-id")) == "given-id"
 
 
 def test_receipts_batch_types() -> None:
@@ -236,7 +235,7 @@ def test_library_alert_delivers_in_order_to_every_channel(tmp_path: Path) -> Non
     with DiscordStandIn() as discord, WebhookStandIn() as hook:
         opts = AlertOptions(to=[f"discord:{discord.url}", f"webhook:{hook.url}"])
         receipts = receipts_of(alert([batch(records[:5]), batch(records[5:])], opts, state_dir=tmp_path))
-        ids = alert_ids(batch(records))
+        ids = [alert_id(r) for r in records]
         assert discord.ids() == ids
         assert [a["alert_id"] for _, a in hook.accepted] == ids
     assert len(receipts) == 24 and {r["status"] for r in receipts} == {"delivered"}
@@ -269,7 +268,7 @@ def test_refused_connection_is_queued_then_sent_by_the_next_run(tmp_path: Path) 
     assert first[1]["attempts"] == 0  # the channel was down: straight to the outbox
     with DiscordStandIn(port=port) as discord:
         again = receipts_of(alert([], opts, state_dir=tmp_path))
-        assert discord.ids() == alert_ids(batch(records))
+        assert discord.ids() == [alert_id(r) for r in records]
     assert [r["status"] for r in again] == ["delivered"] * 4
     with DiscordStandIn(port=port) as discord:  # nothing left: nothing sent twice
         assert receipts_of(alert([], opts, state_dir=tmp_path)) == []

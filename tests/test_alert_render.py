@@ -344,7 +344,7 @@ def test_console_line_is_readable_and_inert() -> None:
     assert "\x1b" not in line and "\x07" not in line
     assert line.startswith("🚨 ") and "GAP_AND_GO AAPL SHORT" in line.replace("[31m", "")
     assert "entry $187.20" in line and "R/R 4.0:1" in line and line.endswith("now\n")
-    assert console.send_many([line, line]).ok
+    assert all(o.ok for o in console.send_many([(line, "a"), (line, "b")]))
     assert out.getvalue() == line * 2
 
 

@@ -149,6 +149,8 @@ class Engine:
         self.stopped_channels: dict[str, tuple[str, bool]] = {}  # label -> (reason, auth)
         self.duplicates = 0
         self.final = False
+        self.intake = threading.Lock()
+        self.closed = False
 
     # -- set-up -------------------------------------------------------------------------------
     def start(self) -> None:
@@ -179,36 +181,42 @@ class Engine:
             worker.start()
 
     # -- the reading thread's side ------------------------------------------------------------
-    def submit(self, alerts: list[tuple[str, dict[str, Any]]]) -> list[dict[str, Any]]:
-        """Hand alerts (id, signal) to every channel. Returns the receipts already known."""
-        now = time.monotonic()
-        out: list[dict[str, Any]] = []
-        for channel in self.channels:
-            if self.dry_run:
-                for alert_id, signal in alerts:
-                    text = channel.preview(channel.render(signal, alert_id))
-                    out.append(self.receipt(alert_id, signal, channel, "dry-run", 0, now, None, payload=text))
-            elif channel.inline:
-                rendered = [channel.render(signal, alert_id) for alert_id, signal in alerts]
-                outcome = channel.send_many(rendered) if hasattr(channel, "send_many") else None
-                for alert_id, signal in alerts:
-                    ok = outcome is None or outcome.ok
-                    status = "delivered" if ok else "failed"
-                    error = None if ok or outcome is None else outcome.error
-                    out.append(self.receipt(alert_id, signal, channel, status, 1, now, error))
-            else:
-                worker = self.workers[channel.key]
-                fresh: list[tuple[str, dict[str, Any]]] = []
-                for alert_id, signal in alerts:
-                    if self.outbox is not None and self.outbox.was_delivered(alert_id, channel.key):
-                        self.duplicates += 1
-                        continue
-                    fresh.append((alert_id, signal))
-                if self.outbox is not None:
-                    self.outbox.add([Entry(i, channel.key, channel.label, s) for i, s in fresh])
-                for alert_id, signal in fresh:
-                    worker.put(Item(alert_id, signal, now))
-        return out
+    def submit(self, alerts: list[tuple[str, dict[str, Any]]]) -> None:
+        """Hand alerts (id, signal) to every channel; receipts known at once are posted.
+
+        Once :meth:`stop` has begun nothing more is taken: a batch being handed over when the
+        stop came is finished first (it is in the outbox and gets its receipts).
+        """
+        with self.intake:
+            if self.closed:
+                return
+            now = time.monotonic()
+            out: list[dict[str, Any]] = []
+            for channel in self.channels:
+                if self.dry_run:
+                    for alert_id, signal in alerts:
+                        text = channel.preview(channel.render(signal, alert_id))
+                        out.append(
+                            self.receipt(alert_id, signal, channel, "dry-run", 0, now, None, payload=text)
+                        )
+                elif channel.inline:
+                    outcomes = channel.send_many([(channel.render(s, i), i) for i, s in alerts])
+                    for (alert_id, signal), outcome in zip(alerts, outcomes, strict=True):
+                        status = "delivered" if outcome.ok else "failed"
+                        out.append(self.receipt(alert_id, signal, channel, status, 1, now, outcome.error))
+                else:
+                    worker = self.workers[channel.key]
+                    fresh: list[tuple[str, dict[str, Any]]] = []
+                    for alert_id, signal in alerts:
+                        if self.outbox is not None and self.outbox.was_delivered(alert_id, channel.key):
+                            self.duplicates += 1
+                            continue
+                        fresh.append((alert_id, signal))
+                    if self.outbox is not None:
+                        self.outbox.add([Entry(i, channel.key, channel.label, s) for i, s in fresh])
+                    for alert_id, signal in fresh:
+                        worker.put(Item(alert_id, signal, now))
+            self.post_many(out)
 
     def collect(self) -> list[dict[str, Any]]:
         out = []
@@ -221,6 +229,12 @@ class Engine:
     def post(self, receipt: dict[str, Any]) -> None:
         self.receipts.put(receipt)
         self.wake.set()
+
+    def post_many(self, receipts: list[dict[str, Any]]) -> None:
+        for receipt in receipts:
+            self.receipts.put(receipt)
+        if receipts:
+            self.wake.set()
 
     def receipt(
         self,
@@ -267,9 +281,13 @@ class Engine:
     def stop(self, grace: float = 2.0) -> list[dict[str, Any]]:
         """Stop now: let sends in flight finish for up to ``grace`` s; queue everything else."""
         self.stop_event.set()
+        deadline = time.monotonic() + grace
+        taken = self.intake.acquire(timeout=grace)  # a batch being handed over is finished first
+        self.closed = True
+        if taken:
+            self.intake.release()
         for worker in self.workers.values():
             worker.wake()
-        deadline = time.monotonic() + grace
         for worker in self.workers.values():
             worker.join(max(0.0, deadline - time.monotonic()))
         self.final = True  # workers post nothing more: what is unsettled is queued below

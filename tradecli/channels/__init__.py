@@ -92,6 +92,10 @@ class Channel(ABC):
     def send(self, rendered: Any, alert_id: str) -> Outcome:
         """Deliver a rendered payload once; never raises for a delivery problem."""
 
+    def send_many(self, items: list[tuple[Any, str]]) -> list[Outcome]:
+        """Deliver several rendered payloads (``(rendered, alert_id)``); inline channels batch them."""
+        return [self.send(rendered, alert_id) for rendered, alert_id in items]
+
     def ready_at(self) -> float:
         """The monotonic time the next send may start (pacing and rate-limit buckets)."""
         return self._not_before

@@ -15,7 +15,7 @@ once, which keeps the console path fast.
 from __future__ import annotations
 
 import sys
-from datetime import datetime
+import time
 from typing import Any, ClassVar, TextIO
 
 from tradecli.channels import Channel, Outcome, Settings
@@ -45,15 +45,6 @@ def _styles(stream: TextIO) -> dict[str, tuple[str, str]]:
     return out
 
 
-def _clock(ns: Any) -> str:
-    if isinstance(ns, bool) or not isinstance(ns, int):
-        return "--:--:--"
-    try:
-        return datetime.fromtimestamp(ns / 1e9).strftime("%H:%M:%S")
-    except (OverflowError, OSError, ValueError):
-        return "--:--:--"
-
-
 class Console(Channel):
     kind: ClassVar[str] = "console"
     inline: ClassVar[bool] = True
@@ -62,6 +53,7 @@ class Console(Channel):
         super().__init__("console", "console")
         self._stream = stream
         self._styles: dict[str, tuple[str, str]] | None = None if colour else {}
+        self._offsets: dict[int, int] = {}
 
     @property
     def stream(self) -> TextIO:
@@ -73,33 +65,61 @@ class Console(Channel):
         prefix, suffix = self._styles.get(name, ("", ""))
         return f"{prefix}{value}{suffix}" if prefix else value
 
+    def _clock(self, ns: Any) -> str:
+        """HH:MM:SS in the local zone; the zone's offset is looked up once per hour of event time."""
+        if type(ns) is not int:
+            return "--:--:--"
+        seconds = ns // 1_000_000_000
+        hour = seconds // 3600
+        offset = self._offsets.get(hour)
+        if offset is None:
+            try:
+                offset = time.localtime(seconds).tm_gmtoff
+            except (OverflowError, OSError, ValueError):
+                return "--:--:--"
+            if len(self._offsets) > 4096:
+                self._offsets.clear()
+            self._offsets[hour] = offset
+        t = (seconds + offset) % 86400
+        return f"{t // 3600:02d}:{t // 60 % 60:02d}:{t % 60:02d}"
+
     def render(self, signal: dict[str, Any], alert_id: str) -> str:
-        which = f.side(signal)
-        table = f.table(signal)
-        parts = [
-            self._style("time", _clock(signal.get("timestamp"))),
-            self._style("title", f.strategy(signal).upper()),
-            self._style("symbol", table[0][1]),
-        ]
-        if which:
-            parts.append(self._style(which, which.upper()))
-        numbers = "  ".join(f"{f.short_name(name)} {value}" for name, value in table[1:] if value != f.NA)
-        message = f.text(signal.get("message"))
-        return "  ".join(x for x in ("🚨 " + " ".join(parts), numbers, message) if x) + "\n"
+        d = f.display(signal)
+        style = self._style
+        head = (
+            f"🚨 {style('time', self._clock(signal.get('timestamp')))} {style('title', d.strategy.upper())} "
+        )
+        head += style("symbol", d.symbol)
+        if d.side:
+            head += " " + style(d.side, d.side.upper())
+        numbers = "  ".join(
+            f"{label} {value}"
+            for label, value in (
+                ("entry", d.entry),
+                ("stop", d.stop),
+                ("target", d.target),
+                ("confidence", d.confidence),
+                ("R/R", d.rr),
+            )
+            if value != f.NA
+        )
+        message = d.message.replace("\n", " ") if "\n" in d.message else d.message
+        return "  ".join(x for x in (head, numbers, message) if x) + "\n"
 
     def preview(self, rendered: str) -> str:
         return rendered.rstrip("\n")
 
     def send(self, rendered: str, alert_id: str) -> Outcome:
-        return self.send_many([rendered])
+        return self.send_many([(rendered, alert_id)])[0]
 
-    def send_many(self, rendered: list[str]) -> Outcome:
+    def send_many(self, items: list[tuple[Any, str]]) -> list[Outcome]:
+        """One write for a whole batch of lines."""
         try:
-            self.stream.write("".join(rendered))
+            self.stream.write("".join(line for line, _ in items))
             self.stream.flush()
         except (OSError, ValueError) as err:
-            return Outcome(False, f"cannot write to stderr ({type(err).__name__})")
-        return Outcome(True)
+            return [Outcome(False, f"cannot write to stderr ({type(err).__name__})")] * len(items)
+        return [Outcome(True)] * len(items)
 
 
 def from_target(arg: str | None, settings: Settings) -> Console:

@@ -62,10 +62,6 @@ def clip(text: str, limit: int) -> str:
     return out.rstrip() + "…"
 
 
-def clean(value: Any, *, lines: bool = False) -> str:
-    return f.no_mentions(f.block(value) if lines else f.text(value))
-
-
 def embed_size(embed: dict[str, Any]) -> int:
     texts = [embed.get("title", ""), embed.get("description", ""), embed.get("footer", {}).get("text", "")]
     for item in embed.get("fields", []):
@@ -75,41 +71,32 @@ def embed_size(embed: dict[str, Any]) -> int:
     return sum(map(units, texts))
 
 
-def colour(signal: dict[str, Any]) -> int:
-    side = f.side(signal)
-    return GREEN if side == "long" else RED if side == "short" else GREY
-
-
 def payload(
     signal: dict[str, Any], alert_id: str, *, username: str | None = None, avatar_url: str | None = None
 ) -> dict[str, Any]:
     """The webhook body for one signal, within every Discord limit."""
+    d = f.display(signal)
+    no_mentions = f.no_mentions
     embed: dict[str, Any] = {
         "type": "rich",
-        "title": clip(f.no_mentions(f.title(signal)), LIMITS["title"]),
-        "color": colour(signal),
+        "title": clip(no_mentions(f"🚨 {d.strategy.upper()} ALERT"), LIMITS["title"]),
+        "color": GREEN if d.side == "long" else RED if d.side == "short" else GREY,
         "fields": [
-            {
-                "name": clip(name, LIMITS["name"]),
-                "value": clip(f.no_mentions(value), LIMITS["value"]) or f.NA,
-                "inline": True,
-            }
-            for name, value in f.table(signal)
+            {"name": name, "value": clip(no_mentions(value), LIMITS["value"]) or f.NA, "inline": True}
+            for name, value in d.table()
         ],
-        "footer": {"text": clip(f"alert {alert_id}", LIMITS["footer"])},
+        "footer": {"text": f"alert {alert_id}"},
     }
-    description = clean(signal.get("message"), lines=True)
-    if description:
-        embed["description"] = clip(description, LIMITS["description"])
-    stamp = f.iso_time(signal.get("timestamp"))
-    if stamp:
-        embed["timestamp"] = stamp
+    if d.message:
+        embed["description"] = clip(no_mentions(d.message), LIMITS["description"])
+    if d.time:
+        embed["timestamp"] = d.time
     over = embed_size(embed) - LIMITS["total"]
     if over > 0 and "description" in embed:
         keep = max(units(embed["description"]) - over, 1)
         embed["description"] = clip(embed["description"], keep)
         over = embed_size(embed) - LIMITS["total"]
-    for item in sorted(embed["fields"], key=lambda x: -units(x["value"])):
+    for item in sorted(embed["fields"], key=lambda x: -units(x["value"])) if over > 0 else ():
         if over <= 0:
             break
         keep = max(units(item["value"]) - over, 8)
@@ -117,7 +104,7 @@ def payload(
         item["value"] = clip(item["value"], keep)
     body: dict[str, Any] = {"embeds": [embed], "allowed_mentions": {"parse": []}}
     if username:
-        body["username"] = clip(f.no_mentions(f.text(username)), MAX_USERNAME)
+        body["username"] = clip(no_mentions(f.text(username)), MAX_USERNAME)
     if avatar_url:
         body["avatar_url"] = avatar_url
     return body

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import math
 import re
+import time
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 NA = "n/a"
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
@@ -117,14 +118,7 @@ def title(signal: dict[str, Any]) -> str:
 
 def table(signal: dict[str, Any]) -> list[tuple[str, str]]:
     """The fields the design document's Discord embed shows, in its order, as text."""
-    return [
-        ("Symbol", text(signal.get("symbol")) or NA),
-        ("Entry", money(signal.get("entry_price"))),
-        ("Stop", money(signal.get("stop_loss"))),
-        ("Target", money(signal.get("target"))),
-        ("Confidence", percent(signal.get("confidence"))),
-        ("R/R Ratio", rr_text(signal)),
-    ]
+    return display(signal).table()
 
 
 def short_name(field: str) -> str:
@@ -139,3 +133,88 @@ def summary_line(signal: dict[str, Any]) -> str:
     parts += [f"{short_name(name)} {value}" for name, value in table(signal)[1:] if value != NA]
     message = text(signal.get("message"))
     return ", ".join(parts) + (f" - {message}" if message else "")
+
+
+class Display(NamedTuple):
+    """A signal's fields as display text, computed once and shared by the channels' layouts."""
+
+    symbol: str
+    strategy: str  # as given (text); ``title()`` upper-cases it
+    side: str | None
+    entry: str
+    stop: str
+    target: str
+    confidence: str
+    rr: str
+    time: str | None  # ISO-8601 UTC with milliseconds
+    message: str  # may hold line breaks
+
+    def table(self) -> list[tuple[str, str]]:
+        return [
+            ("Symbol", self.symbol),
+            ("Entry", self.entry),
+            ("Stop", self.stop),
+            ("Target", self.target),
+            ("Confidence", self.confidence),
+            ("R/R Ratio", self.rr),
+        ]
+
+
+_INF = (math.inf, -math.inf)
+_SIDES = {
+    "long": "long",
+    "short": "short",
+    "LONG": "long",
+    "SHORT": "short",
+    "Long": "long",
+    "Short": "short",
+}
+_second_cache: list[Any] = [None, ""]
+
+
+def _money_fast(x: Any) -> str:
+    if type(x) is float and x == x and x not in _INF:
+        return f"${x:,.2f}" if x >= 1 or x <= -1 else f"${x:,.4f}"
+    return money(x)
+
+
+def _iso_fast(ns: Any) -> str | None:
+    if type(ns) is not int:
+        return iso_time(ns)
+    seconds, rest = divmod(ns, 1_000_000_000)
+    if _second_cache[0] != seconds:  # consecutive alerts mostly share their second
+        try:
+            prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+        except (OverflowError, OSError, ValueError):
+            return None
+        _second_cache[0], _second_cache[1] = seconds, prefix
+    return f"{_second_cache[1]}.{rest // 1_000_000:03d}Z"
+
+
+def display(signal: dict[str, Any]) -> Display:
+    """Every display field of a signal in one pass (the hot path of the console and --dry-run)."""
+    get = signal.get
+    symbol = get("symbol")
+    symbol = symbol.strip() if type(symbol) is str and symbol.isprintable() else text(symbol)
+    name = get("strategy")
+    name = name.strip() if type(name) is str and name.isprintable() else text(name)
+    which = _SIDES.get(get("side"))  # type: ignore[arg-type]
+    if which is None:
+        which = side(signal)
+    confidence = get("confidence")
+    message = get("message")
+    message = message.strip() if type(message) is str and message.isprintable() else block(message)
+    return Display(
+        symbol or NA,
+        name or "signal",
+        which,
+        _money_fast(get("entry_price")),
+        _money_fast(get("stop_loss")),
+        _money_fast(get("target")),
+        f"{confidence:.1%}"
+        if type(confidence) is float and math.isfinite(confidence)
+        else percent(confidence),
+        rr_text(signal),
+        _iso_fast(get("timestamp")),
+        message,
+    )

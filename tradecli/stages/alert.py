@@ -48,7 +48,7 @@ if TYPE_CHECKING:
     from tradecli.delivery import Engine
     from tradecli.outbox import Outbox
     from tradecli.runtime import Session
-    from tradecli.wire import RecordReader, RecordWriter
+    from tradecli.wire import ErrorSink, RecordReader, RecordWriter
 
 ID_FIELDS = (
     "strategy",
@@ -81,52 +81,14 @@ class AlertOptions:
 def alert_id(signal: Mapping[str, Any]) -> str:
     """A stable id: the signal's own ``alert_id``, else a hash of the fields that make it this signal.
 
-    The same as :func:`alert_ids` gives for the signal's row in a batch.
+    The fields are those of ID_FIELDS as the record carries them (times as integer ns), so the same
+    signal gets the same id however often it is sent, replayed or read back from the outbox.
     """
-    import pyarrow as pa
-
-    from tradecli.records import FIELD_TYPES
-
-    columns = {}
-    for name in ("alert_id", *ID_FIELDS):
-        if signal.get(name) is not None:
-            value = signal[name]
-            kind = FIELD_TYPES.get(name)
-            columns[name] = pa.array([value], type=pa.int64() if name == "timestamp" else kind)
-    return alert_ids(pa.record_batch(list(columns.values()), names=list(columns)) if columns else None)[0]
-
-
-def alert_ids(batch: pa.RecordBatch | None) -> list[str]:
-    """Stable ids for every row: its ``alert_id`` field, else a hash of the fields in ID_FIELDS."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    if batch is None:
-        return [hashlib.sha256("\x1f".join(["None"] * len(ID_FIELDS)).encode()).hexdigest()[:20]]
-    n = batch.num_rows
-    names = batch.schema.names
-    parts = []
-    for name in ID_FIELDS:
-        if name not in names:
-            parts.append(pa.scalar("None"))
-            continue
-        col = batch.column(name)
-        if pa.types.is_timestamp(col.type):
-            col = col.cast(pa.timestamp("ns", tz=col.type.tz)).cast(pa.int64())
-        elif pa.types.is_dictionary(col.type):
-            col = col.dictionary_decode()
-        parts.append(col.cast(pa.string()).fill_null("None"))
-    keys = pc.binary_join_element_wise(*parts, "\x1f")
-    if not isinstance(keys, pa.Array):
-        keys = pa.array([keys.as_py()] * n, pa.string())
-    ids = [
-        hashlib.sha256(k.encode("utf-8", "surrogatepass")).hexdigest()[:20]
-        for k in keys.to_numpy(zero_copy_only=False)
-    ]
-    if "alert_id" in names:
-        given = batch.column("alert_id").cast(pa.string()).to_numpy(zero_copy_only=False).tolist()
-        ids = [g if isinstance(g, str) and g else i for g, i in zip(given, ids, strict=True)]
-    return ids
+    given = signal.get("alert_id")
+    if isinstance(given, str) and given:
+        return given
+    key = "\x1f".join([str(signal.get(name)) for name in ID_FIELDS])
+    return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:20]
 
 
 @dataclass
@@ -154,16 +116,19 @@ def select(
     types = batch.column("type")
     if pa.types.is_dictionary(types.type):
         wanted = pc.equal(types.dictionary, "signal").fill_null(False)
-        is_signal = pc.take(wanted, types.indices).fill_null(False)
+        if wanted.true_count == len(wanted) and not types.null_count:
+            is_signal = None  # every row is a signal (screen's output): nothing to filter
+        else:
+            is_signal = pc.take(wanted, types.indices).fill_null(False)
     else:
         is_signal = pc.equal(types.cast(pa.string()), "signal").fill_null(False)
-    signals = batch.filter(is_signal)
+    signals = batch if is_signal is None else batch.filter(is_signal)
     out = Selection(signals, skipped=batch.num_rows - signals.num_rows)
     if not signals.num_rows:
         return out
     if "symbol" in names:
-        has_symbol = signals.column("symbol").is_valid()
-        if has_symbol.false_count:
+        if signals.column("symbol").null_count:
+            has_symbol = signals.column("symbol").is_valid()
             out.missing_symbol = to_records(signals.filter(pc.invert(has_symbol)))
             signals = signals.filter(has_symbol)
     else:
@@ -201,6 +166,13 @@ def to_records(batch: pa.RecordBatch) -> list[dict[str, Any]]:
     import numpy as np
     import pyarrow as pa
 
+    if batch.num_rows <= 32:  # a few alerts (the live case): the row-wise conversion is quicker
+        columns = [
+            c.cast(pa.int64()) if pa.types.is_timestamp(c.type) and c.type.unit == "ns" else c
+            for c in batch.columns
+        ]
+        if not any(pa.types.is_timestamp(c.type) or pa.types.is_temporal(c.type) for c in columns):
+            return pa.record_batch(columns, names=batch.schema.names).to_pylist()  # type: ignore[no-any-return]
     values: list[list[Any]] = []
     for col in batch.columns:
         t = col.type
@@ -327,8 +299,8 @@ class Alerter:
         engine.start()
         return cls(engine, options, outbox)
 
-    def feed(self, batch: pa.RecordBatch) -> list[dict[str, Any]]:
-        """Hand a batch's signals to the channels; returns the receipts already known."""
+    def feed(self, batch: pa.RecordBatch) -> None:
+        """Hand a batch's signals to the channels (receipts come from :meth:`collect`)."""
         chosen = select(
             batch,
             min_confidence=self.options.min_confidence,
@@ -338,11 +310,10 @@ class Alerter:
         self.skipped += chosen.skipped
         self.filtered += chosen.filtered
         self.missing_symbol += chosen.missing_symbol
-        if not chosen.signals.num_rows:
-            return []
-        records = to_records(chosen.signals)
-        ids = alert_ids(chosen.signals)
-        return self.engine.submit(list(zip(ids, records, strict=True)))
+        step = 2048  # bounds the Python objects alive at once, however large the input batch
+        for start in range(0, chosen.signals.num_rows, step):
+            records = to_records(chosen.signals.slice(start, step))
+            self.engine.submit([(alert_id(r), r) for r in records])
 
     def collect(self) -> list[dict[str, Any]]:
         return self.engine.collect()
@@ -377,7 +348,8 @@ def alert(
     finished = False
     try:
         for batch in batches:
-            got = alerter.feed(batch) + alerter.collect()
+            alerter.feed(batch)
+            got = alerter.collect()
             if got:
                 yield receipts_batch(got)
         alerter.finish()
@@ -402,30 +374,44 @@ def alert(
 
 
 class _Input(threading.Thread):
-    """Reads stdin in its own thread, so receipts go out while the input is quiet."""
+    """Reads stdin and feeds the core in its own thread; the main thread writes the receipts.
 
-    def __init__(self, reader: RecordReader, wake: threading.Event) -> None:
+    So a quiet input never holds receipts back, and a signal goes from the pipe to its channel
+    workers without waiting for the main thread.
+    """
+
+    def __init__(self, reader: RecordReader, alerter: Alerter, errors: ErrorSink) -> None:
         super().__init__(name="alert-input", daemon=True)
         from queue import SimpleQueue
 
         self.reader = reader
-        self.wake = wake
+        self.alerter = alerter
+        self.errors = errors
         self.events: SimpleQueue[tuple[str, Any]] = SimpleQueue()
-        self.room = threading.Semaphore(4)  # batches read ahead of the main thread, at most
 
     def post(self, kind: str, value: Any) -> None:
         self.events.put((kind, value))
-        self.wake.set()
+        self.alerter.engine.wake.set()
 
     def run(self) -> None:
         from tradecli.wire import sniff
 
+        engine = self.alerter.engine
         try:
             head = self.reader.input.peek(6)
             self.post("format", sniff(head) if head else None)
             for batch in self.reader.batches():
-                self.room.acquire()
-                self.post("batch", batch)
+                if engine.closed:
+                    return
+                self.alerter.feed(batch)
+                for rec in self.alerter.missing_symbol:
+                    self.errors.reject(
+                        "signal",
+                        "field 'symbol' is missing (signal records need it)",
+                        record=rec,
+                        field="symbol",
+                    )
+                self.alerter.missing_symbol = []
         except BaseException as exc:  # handed to the main thread, which ends the stage with it
             self.post("error", exc)
         else:
@@ -444,7 +430,6 @@ def _serve(
     writer: RecordWriter,
     source: _Input | None,
     known: _Format,
-    errors: Any,
     format_given: bool = False,
 ) -> None:
     from queue import Empty
@@ -463,13 +448,6 @@ def _serve(
                     counts[r["status"]] += 1
             writer.write(receipts_batch(batch))
 
-    def report_missing() -> None:
-        for rec in alerter.missing_symbol:
-            errors.reject(
-                "signal", "field 'symbol' is missing (signal records need it)", record=rec, field="symbol"
-            )
-        alerter.missing_symbol = []
-
     if source is None:
         alerter.finish()
     else:
@@ -479,8 +457,6 @@ def _serve(
         while True:
             session.stopper.check()
             wake.clear()
-            busy = False
-            handled = 0
             while source is not None and not input_done:
                 try:
                     kind, value = source.events.get_nowait()
@@ -488,14 +464,6 @@ def _serve(
                     break
                 if kind == "format":
                     known.format, format_known = value, True
-                elif kind == "batch":
-                    held += alerter.feed(value)
-                    source.room.release()
-                    report_missing()
-                    handled += 1
-                    if handled >= 2:  # let receipts out between large batches
-                        busy = True
-                        break
                 elif kind == "end":
                     input_done = format_known = True
                     alerter.finish()
@@ -509,9 +477,8 @@ def _serve(
                 held += alerter.collect()
                 emit()
                 break
-            if not busy:
-                with session.stopper.blocking():
-                    wake.wait(0.5)
+            with session.stopper.blocking():
+                wake.wait(0.5)
     except BaseException as ending:
         held += alerter.stop()
         format_known = True
@@ -765,8 +732,8 @@ def command(
         source = None
         if not flush_outbox:
             reader = RecordReader(Input(sys.stdin.buffer), errors)  # no session: read in a thread
-            source = _Input(reader, alerter.engine.wake)
-        _serve(session, alerter, writer, source, known, errors, format_given=common.format is not None)
+            source = _Input(reader, alerter, errors)
+        _serve(session, alerter, writer, source, known, format_given=common.format is not None)
 
 
 def _config_secrets(table: Mapping[str, Any]) -> list[str]:
