@@ -577,6 +577,20 @@ def test_bad_records_are_reported_and_the_stream_goes_on(home: Path) -> None:
     assert "line 2:" in stderr and "field 'symbol' is missing" in stderr and "2 rejected" in stderr
 
 
+def test_strict_and_a_closed_pipe(home: Path) -> None:
+    strict = run(home, "--strict", input=lines([sig(0)]) + b"{bad\n" + lines([sig(1)]))
+    assert strict.returncode == 65
+    assert [r["symbol"] for r in receipts(strict)] == ["S0"]
+    command = " ".join(trade_argv("alert", "--dry-run", "--to", "discord"))
+    shell = f"{command} | head -n 1; echo ${{PIPESTATUS[0]}} >&2"
+    data = lines([sig(i) for i in range(2000)])
+    result = subprocess.run(
+        ["bash", "-c", shell], input=data, capture_output=True, env=env_for(home), timeout=60
+    )
+    assert len(result.stdout.splitlines()) == 1
+    assert result.stderr.decode().strip() == "141"
+
+
 def test_receipts_flow_before_the_input_ends(home: Path) -> None:
     with WebhookStandIn() as hook:
         proc = subprocess.Popen(

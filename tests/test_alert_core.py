@@ -275,6 +275,41 @@ def test_refused_connection_is_queued_then_sent_by_the_next_run(tmp_path: Path) 
         assert discord.requests == []
 
 
+def test_timeout_after_sending_is_a_possible_duplicate(tmp_path: Path) -> None:
+    warnings: list[str] = []
+    with DiscordStandIn([("slow", 1.5)]) as discord:
+        opts = AlertOptions(to=[f"discord:{discord.url}"], timeout=0.5, backoff=0.01)
+        (receipt,) = receipts_of(alert([batch([sig(1)])], opts, state_dir=tmp_path, warn=warnings.append))
+        time.sleep(1.2)  # the slow answer's message lands after the client gave up on it
+        assert len(discord.messages) == 2  # the service got it twice: that is what was flagged
+    assert receipt["status"] == "delivered" and receipt["attempts"] == 2
+    assert "possibly a duplicate" in receipt["error"]
+    assert any("may have been delivered twice" in w for w in warnings)
+
+
+def test_a_channel_that_raises_fails_that_alert_only(tmp_path: Path) -> None:
+    from tradecli.channels.webhook import Webhook
+
+    with WebhookStandIn() as hook:
+        original = Webhook.send
+        calls = []
+
+        def flaky(self: Webhook, rendered: bytes, alert_id: str) -> Any:
+            calls.append(alert_id)
+            if len(calls) == 1:
+                raise RuntimeError("bug")
+            return original(self, rendered, alert_id)
+
+        Webhook.send = flaky  # type: ignore[method-assign]
+        try:
+            opts = AlertOptions(to=[f"webhook:{hook.url}"])
+            got = receipts_of(alert([batch([sig(1), sig(2)])], opts, state_dir=tmp_path))
+        finally:
+            Webhook.send = original  # type: ignore[method-assign]
+    assert [r["status"] for r in got] == ["failed", "delivered"]
+    assert got[0]["error"] == "RuntimeError: bug"
+
+
 def test_slack_is_paced_to_one_a_second(tmp_path: Path) -> None:
     with SlackStandIn() as slack:
         opts = AlertOptions(to=[f"slack:{slack.url}"])

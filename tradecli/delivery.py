@@ -36,7 +36,7 @@ from typing import IO, Any
 
 import orjson
 
-from tradecli.channels import Channel
+from tradecli.channels import Channel, Outcome
 from tradecli.outbox import Entry, Outbox
 
 BACKOFF_CAP = 30.0
@@ -419,7 +419,10 @@ class Worker(threading.Thread):
             if engine.outbox is not None:
                 engine.outbox.attempt(item.alert_id, channel.key)
             attempts += 1
-            outcome = channel.send(rendered, item.alert_id)
+            try:
+                outcome = channel.send(rendered, item.alert_id)
+            except Exception as err:  # a channel bug must not kill its worker: this alert fails alone
+                outcome = Outcome(False, f"{type(err).__name__}: {err}")
             if channel.min_interval:
                 channel.hold(channel.min_interval)
             if outcome.ok:

@@ -581,8 +581,7 @@ def _options(
     )
     if options.timeout <= 0:
         raise UsageError("--timeout must be more than 0")
-    state = cli["state_dir"] or table.get("state_dir")
-    return options, str(state) if state else None
+    return options, cli["state_dir"]
 
 
 @stage_options("alert", reads=True, writes=True)
