@@ -310,6 +310,29 @@ def test_a_channel_that_raises_fails_that_alert_only(tmp_path: Path) -> None:
     assert got[0]["error"] == "RuntimeError: bug"
 
 
+def test_a_channel_back_within_the_run_gets_its_queued_alerts_in_order(tmp_path: Path) -> None:
+    def slowly() -> Any:
+        yield batch([sig(i) for i in range(3)])
+        time.sleep(1.5)  # the channel comes back while the input is still open
+        yield batch([sig(3)])
+
+    with DiscordStandIn(["503", "503", "503"]) as discord:
+        opts = AlertOptions(to=[f"discord:{discord.url}"], retries=1, backoff=0.05)
+        got = receipts_of(alert(slowly(), opts, state_dir=tmp_path))
+        symbols = [m["embeds"][0]["fields"][0]["value"] for _, m in discord.messages]
+    assert symbols == ["S0", "S1", "S2", "S3"]
+    assert [(r["symbol"], r["status"]) for r in got] == [
+        ("S0", "queued"),
+        ("S1", "queued"),
+        ("S2", "queued"),
+        ("S0", "delivered"),
+        ("S1", "delivered"),
+        ("S2", "delivered"),
+        ("S3", "delivered"),
+    ]
+    assert [r["attempts"] for r in got] == [2, 0, 0, 1, 1, 1, 1]  # the tries behind each receipt
+
+
 def test_slack_is_paced_to_one_a_second(tmp_path: Path) -> None:
     with SlackStandIn() as slack:
         opts = AlertOptions(to=[f"slack:{slack.url}"])

@@ -105,6 +105,16 @@ class SpoolQueue:
             self._refill()
         return self._memory.popleft() if self._memory else None
 
+    def take(self) -> Item:
+        """The head of a queue known not to be empty."""
+        item = self.get()
+        assert item is not None
+        return item
+
+    def push_front(self, item: Item) -> None:
+        """Put an item taken with :meth:`get` back at the head."""
+        self._memory.appendleft(item)
+
     def drain(self) -> list[Item]:
         out: list[Item] = []
         while (item := self.get()) is not None:
@@ -336,19 +346,25 @@ class Worker(threading.Thread):
         with self.cond:
             self.cond.notify()
 
-    def _next(self) -> Item | None:
-        """The next item to send, or None when the worker should end. Waits (lock held) as needed."""
+    def _next(self) -> tuple[Item, bool] | None:
+        """The next item and whether it was waiting in the outbox; None when the worker should end.
+
+        Called with the lock held; waits as needed. While the channel is down, new alerts join the
+        queued ones behind, and only the oldest queued alert probes the channel, so the order holds.
+        """
         idle_since = time.monotonic()
         idled = False
         while not self.engine.stop_event.is_set():
             now = time.monotonic()
             if self.deferred and self.state == "up":
-                return self.deferred.get()
+                return self.deferred.take(), True
             if self.queue:
-                return self.queue.get()
-            if self.deferred and self.state == "down" and not self.finishing:
+                return self.queue.take(), False
+            if self.deferred and self.state == "down":
                 if now >= self.next_probe:
-                    return self.deferred.get()
+                    return self.deferred.take(), True
+                if self.finishing:
+                    return None  # the input has ended: the queued alerts wait for the next run
                 self.cond.wait(self.next_probe - now)
                 continue
             if self.finishing:
@@ -368,21 +384,26 @@ class Worker(threading.Thread):
         try:
             while True:
                 with self.cond:
-                    item = self._next()
-                    self.current = item
-                if item is None:
+                    chosen = self._next()
+                    self.current = chosen[0] if chosen else None
+                if chosen is None:
                     return
-                result = self.deliver(item)
+                item, waited = chosen
+                result = self.deliver(item, waited)
                 with self.cond:  # settle, post and clear together, so stop() sees one or the other
                     if result is None or self.engine.final:
                         return  # stopping: the item stays ``current`` and stop() queues it
                     receipt, settle = result
                     if settle is not None and not self._settle(item, settle):
                         return
-                    if receipt["status"] == "queued":
-                        self.deferred.put(item)
-                    self.engine.post(receipt)
                     self.current = None
+                    if receipt["status"] != "queued":
+                        self.engine.post(receipt)
+                    elif waited:
+                        self.deferred.push_front(item)  # still the oldest; it has its receipt already
+                    else:
+                        self.deferred.put(item)
+                        self.engine.post(receipt)
         finally:
             self.channel.close()
 
@@ -391,9 +412,10 @@ class Worker(threading.Thread):
         outbox = self.engine.outbox
         return outbox.done(item.alert_id, self.channel.key, delivered) if outbox is not None else True
 
-    def deliver(self, item: Item) -> tuple[dict[str, Any], bool | None] | None:
+    def deliver(self, item: Item, waited: bool = False) -> tuple[dict[str, Any], bool | None] | None:
         """Send one alert: its receipt, and how to settle it in the outbox (None: keep it pending).
 
+        ``waited``: the alert comes from the outbox queue (a probe while the channel is down).
         None when the engine is stopping before the alert was settled.
         """
         engine, channel = self.engine, self.channel
@@ -403,7 +425,7 @@ class Worker(threading.Thread):
 
         if self.state == "stopped":
             return concluded("failed", 0, f"channel stopped: {self.reason}"), False
-        if self.state == "down" and time.monotonic() < self.next_probe:
+        if self.state == "down" and not waited:
             return concluded("queued", 0, f"channel unavailable: {self.reason}"), None
         try:
             rendered = channel.render(item.signal, item.alert_id)
