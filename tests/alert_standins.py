@@ -515,6 +515,7 @@ def smtp_server(
                     "to": list(envelope.rcpt_tos),
                     "tls": tls,
                     "authenticated": bool(session.authenticated),
+                    "peer": session.peer,  # one per connection
                 }
             )
             mailbox.messages.append(message_from_bytes(envelope.content, policy=policy.default))  # type: ignore[arg-type]

@@ -322,6 +322,7 @@ def test_email_over_tls_with_auth(home: Path, tmp_path: Path, mode: str) -> None
     assert [r["status"] for r in receipts(result)] == ["delivered"] * 3
     assert len(box.messages) == 3
     assert all(e["tls"] and e["authenticated"] for e in box.envelopes)
+    assert len({e["peer"] for e in box.envelopes}) == 1  # one connection for the burst
     assert box.envelopes[0]["to"] == ["desk@example.com", "risk@example.com"]
     first = box.messages[0]
     assert first["Subject"] == "CRITICAL TRADING ALERT: <AAPL>"
@@ -566,6 +567,38 @@ def test_arrow_in_arrow_out(home: Path) -> None:
     table = arrow_table(result.stdout)
     assert table.column("status").to_pylist() == ["delivered", "delivered"]
     assert table.schema.field("signal_ts").type == pa.timestamp("ns", tz="UTC")
+
+
+@pytest.mark.pipes
+def test_pipeline_ingest_to_alert_over_arrow(home: Path) -> None:
+    source = home / "signals.ndjson"
+    source.write_bytes(lines([sig(i) for i in range(5)]))
+    with WebhookStandIn() as hook:
+        env = env_for(home, TRADE_WEBHOOK_URL=hook.url)
+        ingest = subprocess.Popen(
+            trade_argv("ingest", "--source", "file", str(source), "--format", "arrow", "--quiet"),
+            stdout=subprocess.PIPE,
+            env=env,
+        )
+        alert = subprocess.Popen(
+            trade_argv("alert", "--to", "webhook", "--to", "console"),
+            stdin=ingest.stdout,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+        )
+        assert ingest.stdout is not None
+        ingest.stdout.close()
+        out, err = alert.communicate(timeout=60)
+        ingest.wait(timeout=10)
+        bodies = [b for _, b in hook.accepted]
+    assert ingest.returncode == 0 and alert.returncode == 0, err
+    assert out[:4] == b"\xff\xff\xff\xff"  # Arrow in, Arrow out
+    table = arrow_table(out)
+    assert sorted(table.column("channel").to_pylist()) == ["console"] * 5 + [f"webhook:{hook.base}/***"] * 5
+    assert set(table.column("status").to_pylist()) == {"delivered"}
+    assert [b["symbol"] for b in bodies] == [f"S{i}" for i in range(5)]
+    assert isinstance(bodies[0]["recv_ts"], int)  # unknown and extra fields pass through
 
 
 def test_bad_records_are_reported_and_the_stream_goes_on(home: Path) -> None:
