@@ -348,6 +348,18 @@ def test_console_line_is_readable_and_inert() -> None:
     assert out.getvalue() == line * 2
 
 
+def test_console_colours_by_side_on_a_colour_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FORCE_COLOR", "1")
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    console = Console(stream=io.StringIO())
+    long, short = console.render(signal(side="long"), "a"), console.render(signal(side="short"), "b")
+    assert "\x1b[1;32mLONG\x1b[0m" in long and "\x1b[1;31mSHORT\x1b[0m" in short
+    monkeypatch.setenv("NO_COLOR", "1")
+    monkeypatch.delenv("FORCE_COLOR")
+    plain = Console(stream=io.StringIO()).render(signal(side="long"), "a")
+    assert "\x1b" not in plain and " LONG  entry $187.20" in plain
+
+
 def test_parse_target() -> None:
     assert parse_target("discord:https://x/api/webhooks/1/t") == ("discord", "https://x/api/webhooks/1/t")
     assert parse_target(" Slack ") == ("slack", None)

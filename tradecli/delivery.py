@@ -203,17 +203,8 @@ class Engine:
             now = time.monotonic()
             out: list[dict[str, Any]] = []
             for channel in self.channels:
-                if self.dry_run:
-                    for alert_id, signal in alerts:
-                        text = channel.preview(channel.render(signal, alert_id))
-                        out.append(
-                            self.receipt(alert_id, signal, channel, "dry-run", 0, now, None, payload=text)
-                        )
-                elif channel.inline:
-                    outcomes = channel.send_many([(channel.render(s, i), i) for i, s in alerts])
-                    for (alert_id, signal), outcome in zip(alerts, outcomes, strict=True):
-                        status = "delivered" if outcome.ok else "failed"
-                        out.append(self.receipt(alert_id, signal, channel, status, 1, now, outcome.error))
+                if self.dry_run or channel.inline:
+                    out += self._inline(channel, alerts, now)
                 else:
                     worker = self.workers[channel.key]
                     fresh: list[tuple[str, dict[str, Any]]] = []
@@ -245,6 +236,41 @@ class Engine:
             self.receipts.put(receipt)
         if receipts:
             self.wake.set()
+
+    def _inline(
+        self, channel: Channel, alerts: list[tuple[str, dict[str, Any]]], arrived: float
+    ) -> list[dict[str, Any]]:
+        """Render (and, unless a dry run, write) a batch for an inline channel; its receipts."""
+        items = [(channel.render(signal, alert_id), alert_id) for alert_id, signal in alerts]
+        base: dict[str, Any] = {"type": "alert", "timestamp": time.time_ns(), "channel": channel.label}
+        if self.dry_run:
+            base.update(status="dry-run", attempts=0, latency_ms=0.0, error=None)
+            previews = [channel.preview(rendered) for rendered, _ in items]
+            return [
+                {
+                    **base,
+                    "alert_id": alert_id,
+                    "symbol": signal.get("symbol"),
+                    "strategy": signal.get("strategy"),
+                    "signal_ts": signal.get("timestamp"),
+                    "payload": text,
+                }
+                for (alert_id, signal), text in zip(alerts, previews, strict=True)
+            ]
+        outcomes = channel.send_many(items)
+        base.update(attempts=1, latency_ms=round((time.monotonic() - arrived) * 1000, 3))
+        return [
+            {
+                **base,
+                "alert_id": alert_id,
+                "status": "delivered" if outcome.ok else "failed",
+                "error": self.mask(outcome.error) if outcome.error else None,
+                "symbol": signal.get("symbol"),
+                "strategy": signal.get("strategy"),
+                "signal_ts": signal.get("timestamp"),
+            }
+            for (alert_id, signal), outcome in zip(alerts, outcomes, strict=True)
+        ]
 
     def receipt(
         self,

@@ -59,12 +59,6 @@ class Console(Channel):
     def stream(self) -> TextIO:
         return self._stream if self._stream is not None else sys.stderr
 
-    def _style(self, name: str, value: str) -> str:
-        if self._styles is None:
-            self._styles = _styles(self.stream)
-        prefix, suffix = self._styles.get(name, ("", ""))
-        return f"{prefix}{value}{suffix}" if prefix else value
-
     def _clock(self, ns: Any) -> str:
         """HH:MM:SS in the local zone; the zone's offset is looked up once per hour of event time."""
         if type(ns) is not int:
@@ -85,13 +79,22 @@ class Console(Channel):
 
     def render(self, signal: dict[str, Any], alert_id: str) -> str:
         d = f.display(signal)
-        style = self._style
-        head = (
-            f"🚨 {style('time', self._clock(signal.get('timestamp')))} {style('title', d.strategy.upper())} "
-        )
-        head += style("symbol", d.symbol)
-        if d.side:
-            head += " " + style(d.side, d.side.upper())
+        if self._styles is None:
+            self._styles = _styles(self.stream)
+        styles = self._styles
+        if styles:
+            time_on, time_off = styles["time"]
+            title_on, title_off = styles["title"]
+            symbol_on, symbol_off = styles["symbol"]
+            head = f"🚨 {time_on}{self._clock(signal.get('timestamp'))}{time_off} "
+            head += f"{title_on}{d.strategy.upper()}{title_off} {symbol_on}{d.symbol}{symbol_off}"
+            if d.side:
+                side_on, side_off = styles[d.side]
+                head += f" {side_on}{d.side.upper()}{side_off}"
+        else:
+            head = f"🚨 {self._clock(signal.get('timestamp'))} {d.strategy.upper()} {d.symbol}"
+            if d.side:
+                head += f" {d.side.upper()}"
         numbers = "  ".join(
             f"{label} {value}"
             for label, value in (

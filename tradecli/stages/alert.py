@@ -87,7 +87,7 @@ def alert_id(signal: Mapping[str, Any]) -> str:
     given = signal.get("alert_id")
     if isinstance(given, str) and given:
         return given
-    key = "\x1f".join([str(signal.get(name)) for name in ID_FIELDS])
+    key = "\x1f".join(map(str, map(signal.get, ID_FIELDS)))
     return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:20]
 
 
