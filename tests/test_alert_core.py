@@ -333,6 +333,17 @@ def test_a_channel_back_within_the_run_gets_its_queued_alerts_in_order(tmp_path:
     assert [r["attempts"] for r in got] == [2, 0, 0, 1, 1, 1, 1]  # the tries behind each receipt
 
 
+def test_a_very_long_retry_after_queues_instead_of_holding_the_run(tmp_path: Path) -> None:
+    with DiscordStandIn([("429", 3600.0)]) as discord:
+        opts = AlertOptions(to=[f"discord:{discord.url}"])
+        started = time.monotonic()
+        got = receipts_of(alert([batch([sig(1), sig(2)])], opts, state_dir=tmp_path))
+        assert time.monotonic() - started < 10
+        assert len(discord.requests) == 1
+    assert [r["status"] for r in got] == ["queued", "queued"]
+    assert "asked to wait 3600 s" in got[0]["error"]
+
+
 def test_slack_is_paced_to_one_a_second(tmp_path: Path) -> None:
     with SlackStandIn() as slack:
         opts = AlertOptions(to=[f"slack:{slack.url}"])

@@ -8,7 +8,8 @@ its alerts in order, one at a time:
   with exponential backoff and equal jitter (``backoff`` x 2^n, capped at 30 s, each delay drawn
   from its upper half); a ``Retry-After`` or Discord ``retry_after`` replaces the backoff, and the
   ``X-RateLimit-*`` buckets and Slack's one message a second pace every send;
-* when the retries run out the alert is ``queued``: it stays in the outbox, the channel counts as
+* when the retries run out (or a service asks for a wait longer than two minutes) the alert is
+  ``queued``: it stays in the outbox, the channel counts as
   down, later alerts for it are queued at once, and the channel is probed with backoff (up to a
   minute apart). When a probe gets through, the queued alerts are sent (oldest first);
 * a permanent failure (bad token, unknown webhook, STARTTLS missing) is reported once and stops
@@ -42,6 +43,7 @@ from tradecli.outbox import Entry, Outbox
 BACKOFF_CAP = 30.0
 PROBE_CAP = 60.0
 IDLE_SECONDS = 5.0
+MAX_WAIT = 120.0  # a Retry-After longer than this queues the alert instead of holding the channel
 QUEUE_CAP = 1000
 
 
@@ -496,8 +498,12 @@ class Worker(threading.Thread):
             if not outcome.retry:
                 engine.warn(f"{channel.label}: alert {item.alert_id} refused: {error}")
                 return concluded("failed", attempts, error), False
-            if attempts >= limit:
+            too_long = outcome.retry_after is not None and outcome.retry_after > MAX_WAIT
+            if attempts >= limit or too_long:
                 delay = backoff(self.probe_level + 2, engine.backoff, PROBE_CAP, self.rng)
+                if too_long and outcome.retry_after is not None:
+                    delay = outcome.retry_after  # the service said when: probe then, not before
+                    error += f" (asked to wait {outcome.retry_after:g} s)"
                 self.probe_level += 1
                 self.next_probe = time.monotonic() + delay
                 if self.state == "up":
