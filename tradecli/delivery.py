@@ -434,6 +434,7 @@ class Worker(threading.Thread):
                         self.engine.post(receipt)
         finally:
             self.channel.close()
+            self.engine.wake.set()  # the main thread notices at once that this worker is done
 
     # -- one alert ------------------------------------------------------------------------------
     def _settle(self, item: Item, delivered: bool) -> bool:

@@ -136,6 +136,7 @@ class Discord(Channel):
         self.username = table.get("username")
         self.avatar_url = table.get("avatar_url")
         self.client = HttpClient(self.url, timeout=settings.timeout, ca_file=settings.ca_file)
+        self.secrets += self.client.secrets
 
     def render(self, signal: dict[str, Any], alert_id: str) -> bytes:
         return orjson.dumps(payload(signal, alert_id, username=self.username, avatar_url=self.avatar_url))

@@ -159,6 +159,8 @@ class HttpClient:
             raw = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
             self._auth = "Basic " + base64.b64encode(raw.encode()).decode()
         self._proxy = _proxy_for(parts)
+        # what must never be shown: the URL's own password and the proxy's
+        self.secrets = [x for x in (parts.password, self._proxy.password if self._proxy else None) if x]
         self._conn: http.client.HTTPConnection | None = None
         self._context: ssl.SSLContext | None = None
 

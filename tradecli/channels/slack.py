@@ -124,6 +124,7 @@ class Slack(Channel):
             raise UsageError("--to slack: not a Slack webhook URL (expected https://hooks.slack.com/...)")
         super().__init__(f"slack:{mask(url)}", url, [url, secret])
         self.client = HttpClient(url, timeout=settings.timeout, ca_file=settings.ca_file)
+        self.secrets += self.client.secrets
 
     def render(self, signal: dict[str, Any], alert_id: str) -> bytes:
         return orjson.dumps(payload(signal, alert_id))

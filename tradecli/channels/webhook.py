@@ -60,6 +60,7 @@ class Webhook(Channel):
         super().__init__(f"webhook:{mask(url)}", url, [url, parts.password or "", secret or ""])
         self.secret = secret.encode() if secret else None
         self.client = HttpClient(url, timeout=settings.timeout, ca_file=settings.ca_file)
+        self.secrets += self.client.secrets
 
     def render(self, signal: dict[str, Any], alert_id: str) -> bytes:
         return body(signal, alert_id)
