@@ -1,11 +1,16 @@
 """Golden files: tests/golden/<stage>/<case>.in.ndjson through `trade <stage> [<case>.args]` must give
-<case>.out.ndjson. Fields that depend on the wall clock (recv_ts) are left out of the comparison.
-`pytest --update-golden` rewrites the .out files from what the stages produce now.
+<case>.out.ndjson (jc's convention: cases are found by file name).
+
+Fields that depend on the wall clock (recv_ts, latency_ms, and those a stage lists in
+tests/golden/<stage>/VOLATILE) are left out of the comparison; the time zone is UTC.
+`pytest --update-golden` rewrites the .out files from what the stages produce now: review the diff.
 """
 
 from __future__ import annotations
 
 import shlex
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -40,14 +45,28 @@ def same(got: list[dict[str, Any]], want: list[dict[str, Any]]) -> None:
                 assert g[key] == value, f"line {i + 1} field {key}"
 
 
+@pytest.fixture
+def utc(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Stages that show local time (the alert console) show UTC here."""
+    monkeypatch.setenv("TZ", "UTC")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
 @pytest.mark.parametrize(("stage", "case"), cases(), ids=[f"{s}/{p.name[:-10]}" for s, p in cases()])
-def test_golden(stage: str, case: Path, request: pytest.FixtureRequest) -> None:
+def test_golden(stage: str, case: Path, request: pytest.FixtureRequest, utc: None, tmp_state: Path) -> None:
     name = case.name[: -len(".in.ndjson")]
     args_file = case.with_name(f"{name}.args")
     args = shlex.split(args_file.read_text()) if args_file.exists() else []
     result = invoke([command_name(stage), *args, "--quiet"], input=case.read_bytes())
     assert result.exit_code == 0, result.stderr
-    got = stable(ndjson_records(result.stdout_bytes))
+    volatile_file = case.with_name("VOLATILE")
+    volatile = set(volatile_file.read_text().split()) if volatile_file.exists() else set()
+    got = [
+        {k: v for k, v in r.items() if k not in volatile} for r in stable(ndjson_records(result.stdout_bytes))
+    ]
     expected_file = case.with_name(f"{name}.out.ndjson")
     if request.config.getoption("--update-golden"):
         expected_file.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in got))

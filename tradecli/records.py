@@ -83,6 +83,7 @@ FIELD_TYPES: dict[str, pa.DataType] = {
     "attempts": I64,
     "latency_ms": F64,
     "error": STR,
+    "signal_ts": TIMESTAMP,
 }
 
 TIMESTAMP_FIELDS = frozenset(k for k, t in FIELD_TYPES.items() if t == TIMESTAMP)

@@ -1,0 +1,212 @@
+"""discord: a webhook POST with the design document's embed.
+
+The embed is the one ``TradingAlertsBot.send_trading_alert`` drew: title ``🚨 {STRATEGY} ALERT``,
+the message as description, fields Symbol, Entry, Stop, Target, Confidence and R/R Ratio, and the
+event time as the embed timestamp; green for a long signal and red for a short one, by ``side``
+(the design compared ``signal_type`` with 'long' and so was always red; grey when the side is not
+known). The footer carries the alert id, so a message can be matched to its receipt.
+
+Every Discord limit is kept by truncating (never by failing): title 256, description 4096, field
+name 256, value 1024, footer 2048, all text in the embed 6000, counted in UTF-16 units after
+trimming. ``allowed_mentions: {"parse": []}`` is always sent, and ``@everyone``, ``@here`` and
+``<@id>`` in any text from the data are broken up as well, so a symbol or message pings no one.
+
+The webhook URL comes from ``--to discord:URL``, ``DISCORD_WEBHOOK_URL`` or ``[alert.discord]
+webhook_url``; its token is masked everywhere (``discord:https://discord.com/api/webhooks/123/***``).
+Posts go to ``?wait=true`` so that 200 confirms the message was stored. Rate limits are read from
+the ``X-RateLimit-*`` headers and 429's float ``retry_after``; a global 429 holds every Discord
+channel. 401/403/404 (``50027`` invalid token, ``10015`` unknown webhook) stop the channel and are
+never retried; 400 (``50035``) fails that alert only.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import Any, ClassVar
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import orjson
+
+from tradecli.channels import Channel, Outcome, Settings
+from tradecli.channels import fields as f
+from tradecli.channels.http import HttpClient, HttpFailure, Response, check_url, retry_after
+from tradecli.errors import UsageError
+
+TARGET = "discord[:URL]"
+ENV = "DISCORD_WEBHOOK_URL"
+
+GREEN = 0x00FF00  # the design document's colours
+RED = 0xFF0000
+GREY = 0x95A5A6
+
+LIMITS = {"title": 256, "description": 4096, "name": 256, "value": 1024, "footer": 2048, "total": 6000}
+MAX_USERNAME = 80
+
+_PATH = re.compile(r"^/api(?:/v\d+)?/webhooks/(\d+)/([^/]+)/?$")
+
+
+def units(text: str) -> int:
+    """Length as Discord (JavaScript) counts it: UTF-16 code units."""
+    return len(text.encode("utf-16-le")) // 2
+
+
+def clip(text: str, limit: int) -> str:
+    """Trimmed text within ``limit`` UTF-16 units, cut with an ellipsis when too long."""
+    text = text.strip()
+    if 2 * len(text) <= limit or units(text) <= limit:  # a character is at most two units
+        return text
+    out = text[: max(limit - 1, 0)]
+    while out and units(out) > limit - 1:
+        out = out[:-1]
+    return out.rstrip() + "…"
+
+
+def embed_size(embed: dict[str, Any]) -> int:
+    texts = [embed.get("title", ""), embed.get("description", ""), embed.get("footer", {}).get("text", "")]
+    for item in embed.get("fields", []):
+        texts += (item["name"], item["value"])
+    if 2 * sum(map(len, texts)) <= LIMITS["total"]:  # far inside the limit: no need to count units
+        return sum(map(len, texts))
+    return sum(map(units, texts))
+
+
+def payload(
+    signal: dict[str, Any], alert_id: str, *, username: str | None = None, avatar_url: str | None = None
+) -> dict[str, Any]:
+    """The webhook body for one signal, within every Discord limit."""
+    d = f.display(signal)
+    no_mentions = f.no_mentions
+    embed: dict[str, Any] = {
+        "type": "rich",
+        "title": clip(no_mentions(f"🚨 {d.strategy.upper()} ALERT"), LIMITS["title"]),
+        "color": GREEN if d.side == "long" else RED if d.side == "short" else GREY,
+        "fields": [
+            {"name": name, "value": clip(no_mentions(value), LIMITS["value"]) or f.NA, "inline": True}
+            for name, value in d.table()
+        ],
+        "footer": {"text": f"alert {alert_id}"},
+    }
+    if d.message:
+        embed["description"] = clip(no_mentions(d.message), LIMITS["description"])
+    if d.time:
+        embed["timestamp"] = d.time
+    over = embed_size(embed) - LIMITS["total"]
+    if over > 0 and "description" in embed:
+        keep = max(units(embed["description"]) - over, 1)
+        embed["description"] = clip(embed["description"], keep)
+        over = embed_size(embed) - LIMITS["total"]
+    for item in sorted(embed["fields"], key=lambda x: -units(x["value"])) if over > 0 else ():
+        if over <= 0:
+            break
+        keep = max(units(item["value"]) - over, 8)
+        over -= units(item["value"]) - units(clip(item["value"], keep))
+        item["value"] = clip(item["value"], keep)
+    body: dict[str, Any] = {"embeds": [embed], "allowed_mentions": {"parse": []}}
+    if username:
+        body["username"] = clip(no_mentions(f.text(username)), MAX_USERNAME)
+    if avatar_url:
+        body["avatar_url"] = avatar_url
+    return body
+
+
+def mask(url: str) -> str:
+    """The URL with its token replaced by ``***``."""
+    parts = urlsplit(url)
+    match = _PATH.match(parts.path)
+    path = f"{parts.path[: match.start(2)]}***" if match else "/***"
+    return urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], path, "", ""))
+
+
+class Discord(Channel):
+    kind: ClassVar[str] = "discord"
+    global_hold: ClassVar[list[float]] = [0.0]  # a global 429 holds every Discord webhook we use
+
+    def __init__(self, url: str, settings: Settings) -> None:
+        parts = check_url(url, "--to discord", https_only=True)
+        match = _PATH.match(parts.path)
+        if not match:
+            raise UsageError("--to discord: not a Discord webhook URL (expected .../api/webhooks/ID/TOKEN)")
+        token = match.group(2)
+        super().__init__(f"discord:{mask(url)}", url, [url, token])
+        query = dict(parse_qsl(parts.query))
+        query["wait"] = "true"
+        self.url = urlunsplit((parts.scheme, parts.netloc, parts.path, urlencode(query), ""))
+        table = settings.table("discord")
+        self.username = table.get("username")
+        self.avatar_url = table.get("avatar_url")
+        self.client = HttpClient(self.url, timeout=settings.timeout, ca_file=settings.ca_file)
+        self.secrets += self.client.secrets
+
+    def render(self, signal: dict[str, Any], alert_id: str) -> bytes:
+        return orjson.dumps(payload(signal, alert_id, username=self.username, avatar_url=self.avatar_url))
+
+    def preview(self, rendered: bytes) -> str:
+        return rendered.decode()
+
+    def ready_at(self) -> float:
+        return max(self._not_before, self.global_hold[0])
+
+    def send(self, rendered: bytes, alert_id: str) -> Outcome:
+        try:
+            answer = self.client.post(rendered, {})
+        except HttpFailure as failure:
+            return Outcome(
+                False,
+                str(failure),
+                retry=not failure.permanent,
+                stop_channel=failure.permanent,
+                maybe_sent=failure.maybe_sent,
+            )
+        return self.outcome(answer)
+
+    def outcome(self, answer: Response) -> Outcome:
+        status = answer.status
+        if 200 <= status < 300:
+            wait = None
+            if answer.headers.get("x-ratelimit-remaining") == "0":
+                wait = retry_after({"retry-after": answer.headers.get("x-ratelimit-reset-after", "")})
+            return Outcome(True, wait_after=wait)
+        body = answer.json()
+        body = body if isinstance(body, dict) else {}
+        message = f"HTTP {status}"
+        if isinstance(body.get("message"), str):
+            message += f" {f.text(body['message'])[:120]}"
+        if body.get("code"):
+            message += f" (code {body['code']})"
+        if status == 429:
+            wait = retry_after(answer.headers, body.get("retry_after"))
+            is_global = bool(body.get("global")) or answer.headers.get("x-ratelimit-global") == "true"
+            if is_global and wait:
+                self.global_hold[0] = max(self.global_hold[0], time.monotonic() + wait)
+            return Outcome(False, message, retry=True, retry_after=wait, wait_global=is_global)
+        if status >= 500 or status == 408:
+            return Outcome(False, message, retry=True, retry_after=retry_after(answer.headers))
+        if status in (401, 403, 404):
+            return Outcome(False, message, stop_channel=True, auth=status in (401, 403))
+        return Outcome(False, message)  # 400 Invalid Form Body, 413: this alert only
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def from_target(arg: str | None, settings: Settings) -> Discord:
+    url = arg
+    if url:
+        if not settings.dry_run:
+            settings.warn(
+                "the Discord webhook URL on the command line is visible to other users (ps); "
+                f"prefer {ENV} or [alert.discord] webhook_url in the config file"
+            )
+    else:
+        url = settings.setting("discord", "webhook_url", ENV)
+    if not url:
+        if settings.dry_run:  # a preview needs no webhook
+            preview = Discord("https://discord.com/api/webhooks/0/none", settings)
+            preview.label = "discord"
+            return preview
+        raise UsageError(
+            f"--to discord: no webhook URL; give --to discord:URL, set {ENV}, "
+            "or webhook_url in [alert.discord] of the config file"
+        )
+    return Discord(str(url), settings)

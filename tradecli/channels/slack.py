@@ -1,0 +1,185 @@
+"""slack: an incoming-webhook POST with Block Kit blocks and a plain ``text`` fallback.
+
+Blocks: a header (``🚨 GAP_AND_GO ALERT`` with 🟢 for long, 🔴 for short), the message, the
+design document's fields (Symbol, Entry, Stop, Target, Confidence, R/R Ratio) as section fields,
+and a context line with the event time and the alert id. ``text`` carries the same in one line for
+notifications. Slack's limits are kept by truncating: header 150, section text 3000, field 2000.
+Text from data is escaped for mrkdwn (``&``, ``<``, ``>``), so ``<!everyone>`` or a link in a
+message is shown, not acted on, and ``@channel``/``@here``/``@everyone`` are broken up.
+
+The webhook URL comes from ``--to slack:URL``, ``SLACK_WEBHOOK_URL`` or ``[alert.slack]
+webhook_url``, and is shown with its secret part masked (``slack:https://hooks.slack.com/services/
+T0/B0/***``). Sends are paced to one per second per webhook, as Slack asks; 429 waits for its
+``Retry-After``. ``invalid_token``, ``no_service``, ``channel_not_found``, ``channel_is_archived``
+and any 403/404/410 stop the channel; ``invalid_payload``/``invalid_blocks`` fail that alert only.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, ClassVar
+from urllib.parse import urlsplit, urlunsplit
+
+import orjson
+
+from tradecli.channels import Channel, Outcome, Settings
+from tradecli.channels import fields as f
+from tradecli.channels.http import HttpClient, HttpFailure, Response, check_url, retry_after
+from tradecli.errors import UsageError
+
+TARGET = "slack[:URL]"
+ENV = "SLACK_WEBHOOK_URL"
+
+HEADER_MAX = 150
+SECTION_MAX = 3000
+FIELD_MAX = 2000
+TEXT_MAX = 3000
+DEAD = {
+    "invalid_token",
+    "no_service",
+    "no_service_id",
+    "no_team",
+    "team_disabled",
+    "no_active_hooks",
+    "channel_not_found",
+    "channel_is_archived",
+    "action_prohibited",
+    "posting_to_general_channel_denied",
+    "user_not_found",
+}
+AUTH = {"invalid_token", "action_prohibited", "no_service", "team_disabled"}
+_MENTION = re.compile(r"@(everyone|here|channel)", re.IGNORECASE)
+
+
+def escape(value: str) -> str:
+    """mrkdwn escaping of data, and mention words broken up."""
+    value = value.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return _MENTION.sub("@\u200b\\1", value)
+
+
+def clip(text: str, limit: int) -> str:
+    text = text.strip()
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
+
+
+def clip_escaped(raw: str, limit: int) -> str:
+    """Escape, then cut without splitting an ``&amp;`` entity."""
+    out = escape(raw)
+    if len(out) <= limit:
+        return out
+    out = out[: limit - 1]
+    amp = out.rfind("&")
+    if amp >= 0 and ";" not in out[amp:]:
+        out = out[:amp]
+    return out.rstrip() + "…"
+
+
+def payload(signal: dict[str, Any], alert_id: str) -> dict[str, Any]:
+    """The webhook body for one signal, within Slack's Block Kit limits."""
+    side = f.side(signal)
+    dot = {"long": "🟢 ", "short": "🔴 "}.get(side or "", "")
+    header = clip(dot + _MENTION.sub("@\u200b\\1", f.title(signal)), HEADER_MAX)
+    blocks: list[dict[str, Any]] = [{"type": "header", "text": {"type": "plain_text", "text": header}}]
+    message = f.block(signal.get("message"))
+    if message:
+        blocks.append(
+            {"type": "section", "text": {"type": "mrkdwn", "text": clip_escaped(message, SECTION_MAX)}}
+        )
+    blocks.append(
+        {
+            "type": "section",
+            "fields": [
+                {"type": "mrkdwn", "text": f"*{name}*\n" + clip_escaped(value, FIELD_MAX - len(name) - 3)}
+                for name, value in f.table(signal)
+            ],
+        }
+    )
+    context = []
+    stamp = f.iso_time(signal.get("timestamp"))
+    ns = signal.get("timestamp")
+    if stamp and isinstance(ns, int):
+        context.append(f"<!date^{ns // 1_000_000_000}^{{date_short_pretty}} {{time_secs}}|{stamp}>")
+    if side:
+        context.append(side)
+    context.append(f"alert {alert_id}")
+    blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": " · ".join(context)}]})
+    text = clip_escaped(f"{f.title(signal)}: {f.summary_line(signal)}", TEXT_MAX)
+    return {"text": text, "blocks": blocks}
+
+
+def mask(url: str) -> str:
+    parts = urlsplit(url)
+    head, _, _ = parts.path.rstrip("/").rpartition("/")
+    return urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], f"{head}/***", "", ""))
+
+
+class Slack(Channel):
+    kind: ClassVar[str] = "slack"
+    min_interval: ClassVar[float] = 1.0
+
+    def __init__(self, url: str, settings: Settings) -> None:
+        parts = check_url(url, "--to slack", https_only=True)
+        secret = parts.path.rstrip("/").rpartition("/")[2]
+        if not secret:
+            raise UsageError("--to slack: not a Slack webhook URL (expected https://hooks.slack.com/...)")
+        super().__init__(f"slack:{mask(url)}", url, [url, secret])
+        self.client = HttpClient(url, timeout=settings.timeout, ca_file=settings.ca_file)
+        self.secrets += self.client.secrets
+
+    def render(self, signal: dict[str, Any], alert_id: str) -> bytes:
+        return orjson.dumps(payload(signal, alert_id))
+
+    def preview(self, rendered: bytes) -> str:
+        return rendered.decode()
+
+    def send(self, rendered: bytes, alert_id: str) -> Outcome:
+        try:
+            answer = self.client.post(rendered, {})
+        except HttpFailure as failure:
+            return Outcome(
+                False,
+                str(failure),
+                retry=not failure.permanent,
+                stop_channel=failure.permanent,
+                maybe_sent=failure.maybe_sent,
+            )
+        return self.outcome(answer)
+
+    def outcome(self, answer: Response) -> Outcome:
+        status = answer.status
+        if 200 <= status < 300:
+            return Outcome(True)
+        code = f.text(answer.text(80))
+        message = f"HTTP {status}" + (f" {code}" if code else "")
+        if status == 429:
+            return Outcome(False, message, retry=True, retry_after=retry_after(answer.headers))
+        if status >= 500 or status == 408:
+            return Outcome(False, message, retry=True, retry_after=retry_after(answer.headers))
+        if code in DEAD or status in (401, 403, 404, 410):
+            return Outcome(False, message, stop_channel=True, auth=code in AUTH or status in (401, 403))
+        return Outcome(False, message)  # invalid_payload, invalid_blocks, no_text: this alert only
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def from_target(arg: str | None, settings: Settings) -> Slack:
+    url = arg
+    if url:
+        if not settings.dry_run:
+            settings.warn(
+                "the Slack webhook URL on the command line is visible to other users (ps); "
+                f"prefer {ENV} or [alert.slack] webhook_url in the config file"
+            )
+    else:
+        url = settings.setting("slack", "webhook_url", ENV)
+    if not url:
+        if settings.dry_run:  # a preview needs no webhook
+            preview = Slack("https://hooks.slack.com/services/none", settings)
+            preview.label = "slack"
+            return preview
+        raise UsageError(
+            f"--to slack: no webhook URL; give --to slack:URL, set {ENV}, "
+            "or webhook_url in [alert.slack] of the config file"
+        )
+    return Slack(str(url), settings)
