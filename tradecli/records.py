@@ -74,6 +74,9 @@ FIELD_TYPES: dict[str, pa.DataType] = {
     "attempts": I64,
     "latency_ms": F64,
     "error": STR,
+    # store receipt (store --receipts)
+    "first_ts": TIMESTAMP,
+    "last_ts": TIMESTAMP,
 }
 
 TIMESTAMP_FIELDS = frozenset(k for k, t in FIELD_TYPES.items() if t == TIMESTAMP)
