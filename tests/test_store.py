@@ -763,3 +763,27 @@ def test_stats_match_duckdb_and_report_freshness(tmp_path: Path) -> None:
     want_newest = int(input_table(batches).column("timestamp").cast(pa.int64()).to_numpy().max())
     assert report.newest_ts == want_newest == newest_record(LocalBackend(tmp_path))
     assert report.newest_age_seconds is not None and report.newest_age_seconds > 0
+
+
+def test_interval_fsync_happens_while_the_input_is_quiet(tmp_path: Path) -> None:
+    import time
+
+    w = writer(tmp_path, fsync="interval", fsync_interval=0.05).open()
+    try:
+        w.append(sim_batches(10)[0])
+        assert w.written == 1
+        deadline = time.monotonic() + 10
+        while w.stored < w.written and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert w.stored == w.written  # the ticker fsynced without another append
+    finally:
+        w.close()
+
+
+def test_library_store_function(tmp_path: Path) -> None:
+    from tradecli.stages.store import store
+
+    counts = store(iter(sim_batches(1_000)), str(tmp_path), options=WriterOptions(roll_rows=400))
+    assert counts["stored"] == 1_000
+    assert counts["files"] == len(dataset_files(tmp_path))
+    assert read_dataset(tmp_path).num_rows == 1_000

@@ -271,6 +271,11 @@ def test_stats_table_and_json(tmp_path: Path) -> None:
     )
     assert only["total"]["rows"] == 1
     assert invoke(["store", "stats", store, "--format", "yaml"]).exit_code == 2
+    nothing = invoke(["store", "query", str(tmp_path / "none")])
+    assert nothing.exit_code == 0 and nothing.stdout == ""
+    assert "holds no stored records" in nothing.stderr
+    other = invoke(["store", "query", store, "--type", "news"])
+    assert "no stored records of type news (stored: bar, quote, signal, trade)" in other.stderr
     empty = json.loads(invoke(["store", "stats", str(tmp_path / "none"), "--format", "json"]).stdout)
     assert empty["total"]["rows"] == 0 and empty["newest_age_seconds"] is None
 

@@ -385,6 +385,13 @@ def query_command(
         from tradecli.tickstore.reader import Query
 
         plan = Query(open_store(path, session), options)
+        if not plan.types:
+            stored = plan.backend.list_types()
+            session.log.warning(
+                f"no stored records of type {', '.join(options.types or [])} (stored: {', '.join(stored)})"
+                if stored
+                else f"{plan.backend.display} holds no stored records"
+            )
         batches = plan.batches()
         if pace_speed is not None:
             from tradecli.sources.file import pace

@@ -9,6 +9,7 @@ symbol or timestamp sorts last.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from tradecli import __version__
+from tradecli.records import from_numpy
 from tradecli.tickstore.layout import (
     METADATA_KEY,
     NO_TIME,
@@ -125,11 +127,18 @@ def conform(table: pa.Table, schema: pa.Schema | None) -> pa.Table:
 def partitions(
     batches: list[pa.RecordBatch], schemas: dict[str, pa.Schema], now_ns: int
 ) -> list[PartitionData]:
-    """A segment's rows as one sorted table per (record type, New York date).
+    """A segment's rows as one sorted table per (record type, New York date)."""
+    return [part for task in partition_tasks(batches, schemas, now_ns) for part in task()]
 
-    Rows are ordered once by a packed (type, date, symbol) key and the timestamp. Each type then
-    takes only the columns its schema has (a trade never carries ``bid``), which is most of the
-    cost of a roll.
+
+def partition_tasks(
+    batches: list[pa.RecordBatch], schemas: dict[str, pa.Schema], now_ns: int
+) -> list[Callable[[], list[PartitionData]]]:
+    """The work of a roll, one task per record type (tasks may run in parallel threads).
+
+    Rows are ordered once by a packed (type, date, symbol) key and the timestamp. Each type's task
+    then takes only the columns its schema has (a trade never carries ``bid``): that copy is most
+    of the cost of a roll.
     """
     batches = [b for b in batches if b.num_rows]
     if not batches:
@@ -138,10 +147,7 @@ def partitions(
         table = _concat(batches)
     except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
         # a column shared by two record types with types that cannot join: one type at a time
-        out: list[PartitionData] = []
-        for subset in _by_type(batches):
-            out.extend(partitions(subset, schemas, now_ns))
-        return out
+        return [task for subset in _by_type(batches) for task in partition_tasks(subset, schemas, now_ns)]
     type_index: dict[str, int] = {}
     codes, days, times = [], [], []
     for batch in batches:
@@ -165,31 +171,35 @@ def partitions(
         table = table.drop_columns(["type"])
     cuts = np.flatnonzero(np.diff(group) != 0) + 1
     starts, ends = np.r_[0, cuts], np.r_[cuts, len(order)]
-    out = []
     by_type: dict[int, list[tuple[int, int]]] = {}
     for start, end in zip(starts.tolist(), ends.tolist(), strict=True):
         by_type.setdefault(int(group[start] >> 20), []).append((start, end))
-    for type_code, ranges in by_type.items():
-        rtype = type_names[type_code]
-        schema = schemas.get(rtype)
-        columns = (
-            table.column_names if schema is None else [n for n in schema.names if n in table.column_names]
-        )
-        first, last = ranges[0][0], ranges[-1][1]
-        rows = table.select(columns).take(pa.array(order[first:last]))
-        for start, end in ranges:
-            part_ts = ts[start:end]
-            real = part_ts[part_ts != NO_TIME]
-            out.append(
-                PartitionData(
-                    rtype,
-                    day_text(int(group[start] & ((1 << 20) - 1)) + base),
-                    conform(rows.slice(start - first, end - start), schema),
-                    int(real.min()) if len(real) else None,
-                    int(real.max()) if len(real) else None,
+
+    def task(rtype: str, ranges: list[tuple[int, int]]) -> Callable[[], list[PartitionData]]:
+        def run() -> list[PartitionData]:
+            schema = schemas.get(rtype)
+            names = table.column_names
+            columns = names if schema is None else [n for n in schema.names if n in names]
+            first, last = ranges[0][0], ranges[-1][1]
+            rows = table.select(columns).take(from_numpy(order[first:last]))
+            out = []
+            for start, end in ranges:
+                part_ts = ts[start:end]
+                real = part_ts[part_ts != NO_TIME]
+                out.append(
+                    PartitionData(
+                        rtype,
+                        day_text(int(group[start] & ((1 << 20) - 1)) + base),
+                        conform(rows.slice(start - first, end - start), schema),
+                        int(real.min()) if len(real) else None,
+                        int(real.max()) if len(real) else None,
+                    )
                 )
-            )
-    return out
+            return out
+
+        return run
+
+    return [task(type_names[code], ranges) for code, ranges in by_type.items()]
 
 
 def _by_type(batches: list[pa.RecordBatch]) -> list[list[pa.RecordBatch]]:
@@ -198,7 +208,7 @@ def _by_type(batches: list[pa.RecordBatch]) -> list[list[pa.RecordBatch]]:
         names, codes = type_codes(batch)
         for i in np.unique(codes).tolist():
             if i >= 0:
-                part = batch.filter(pa.array(codes == i))
+                part = batch.filter(from_numpy(codes == i))
                 groups.setdefault(str(names[i]), []).append(part)
     return list(groups.values())
 

@@ -10,6 +10,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from tradecli.records import from_numpy
+
 EXCHANGE_TZ = "America/New_York"
 DAY_NS = 86_400 * 10**9
 EPOCH = date(1970, 1, 1)
@@ -136,7 +138,7 @@ def exchange_days(batch: pa.RecordBatch, fallback_ns: int) -> np.ndarray:
     filed under its ``recv_ts``, else under ``fallback_ns`` (when it was stored).
     """
     ns = event_ns(batch, fallback_ns)
-    stamps = pa.array(ns, type=pa.timestamp("ns", tz="UTC")).cast(pa.timestamp("ns", tz=EXCHANGE_TZ))
+    stamps = from_numpy(ns, type=pa.timestamp("ns", tz=EXCHANGE_TZ))
     local = np.asarray(pc.local_timestamp(stamps).cast(pa.int64()).to_numpy(), dtype=np.int64)
     days: np.ndarray = np.floor_divide(local, DAY_NS)
     return days

@@ -23,6 +23,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from tradecli.records import from_numpy
 from tradecli.tickstore import files, wal
 from tradecli.tickstore.backend import Backend, StoreError
 from tradecli.tickstore.layout import (
@@ -258,7 +259,7 @@ def _sorted(table: pa.Table) -> pa.Table:
         if "timestamp" in table.column_names
         else np.zeros(table.num_rows, dtype=np.int64)
     )
-    return table.take(pa.array(np.lexsort((ts, ranks))))
+    return table.take(from_numpy(np.lexsort((ts, ranks))))
 
 
 def merge(backend: Backend, rtype: str, day: str, group: list[FileInfo]) -> tuple[pa.Table, list[str]]:

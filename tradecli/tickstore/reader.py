@@ -16,6 +16,7 @@ the query; if a file disappears between listing and opening, the partition is li
 from __future__ import annotations
 
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import date
@@ -27,7 +28,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from tradecli.errors import UsageError
-from tradecli.records import DICT_STRING, FIELD_TYPES
+from tradecli.records import DICT_STRING, FIELD_TYPES, from_numpy
 from tradecli.tickstore.backend import Backend, StoreError
 from tradecli.tickstore.expr import ExpressionError, compile_where
 from tradecli.tickstore.files import time_range
@@ -288,33 +289,32 @@ class Query:
 
     def _day(self, day: str) -> Iterator[pa.Table]:
         opened = self._open_day(day)
+        if not opened:
+            return
+        schemas = self._schemas(opened)
+        opened.sort(key=lambda f: (f.order, f.rtype, f.rel))
+        # the next file is read (Parquet decoding releases the GIL) while this one is merged
+        prefetch = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-read")
         try:
-            if not opened:
-                return
-            schemas = self._schemas(opened)
-            opened.sort(key=lambda f: (f.order, f.rtype, f.rel))
-            pending: pa.Table | None = None
-            for i, f in enumerate(opened):
-                table = self._read(f, schemas[f.rtype])
-                if pending is not None and pending.num_rows:
-                    table = pa.concat_tables([pending, table], promote_options="permissive")
-                if table.num_rows == 0:
-                    pending = None
-                    continue
-                ts = (
-                    sort_ns(table.column("timestamp"))
-                    if "timestamp" in table.column_names
-                    else np.full(table.num_rows, NO_TIME, dtype=np.int64)
-                )
-                order = np.argsort(ts, kind="stable")
+            upcoming = prefetch.submit(self._read, opened[0], schemas[opened[0].rtype])
+            pending: list[_Rows] = []
+            for i in range(len(opened)):
+                table = upcoming.result()
                 last = i == len(opened) - 1
-                cut = (
-                    len(order) if last else int(np.searchsorted(ts[order], opened[i + 1].order, side="left"))
-                )
-                if cut:
-                    yield self._output(table.take(pa.array(order[:cut])))
-                pending = table.take(pa.array(order[cut:])) if cut < len(order) else None
+                if not last:
+                    upcoming = prefetch.submit(self._read, opened[i + 1], schemas[opened[i + 1].rtype])
+                if table.num_rows:
+                    pending.append(_Rows.of(table))
+                if not pending:
+                    continue
+                watermark = None if last else opened[i + 1].order
+                if watermark is not None and min(r.first for r in pending) >= watermark:
+                    continue  # nothing can go out before the next file is in
+                out, pending = _merge(pending, watermark)
+                if out is not None:
+                    yield self._output(out)
         finally:
+            prefetch.shutdown(wait=True, cancel_futures=True)
             for f in opened:
                 if f.handle is not None:
                     f.handle.close()
@@ -324,6 +324,59 @@ class Query:
         if wanted is None:
             return table
         return table.select([c for c in wanted if c in table.column_names])
+
+
+@dataclass
+class _Rows:
+    """Rows of a table still to go out: their indices and timestamps, in time order."""
+
+    table: pa.Table
+    indices: np.ndarray
+    ts: np.ndarray
+
+    @classmethod
+    def of(cls, table: pa.Table) -> _Rows:
+        ts = (
+            sort_ns(table.column("timestamp"))
+            if "timestamp" in table.column_names
+            else np.full(table.num_rows, NO_TIME, dtype=np.int64)
+        )
+        order = np.argsort(ts, kind="stable")  # runs of one symbol each: timsort merges them
+        return cls(table, order, ts[order])
+
+    @property
+    def first(self) -> int:
+        return int(self.ts[0])
+
+
+def _merge(pending: list[_Rows], watermark: int | None) -> tuple[pa.Table | None, list[_Rows]]:
+    """The rows earlier than ``watermark`` (all, when None) in time order; the rest stay pending.
+
+    Each row is copied once, when it goes out: pending rows are kept as indices into the tables
+    they were read in.
+    """
+    sizes = [len(r.indices) for r in pending]
+    offsets = np.cumsum([0, *sizes])
+    ts = np.concatenate([r.ts for r in pending])
+    order = np.argsort(ts, kind="stable")  # sorted runs, one per table: a merge
+    cut = len(order) if watermark is None else int(np.searchsorted(ts[order], watermark, side="left"))
+    if cut == 0:
+        return None, pending
+    starts = np.cumsum([0, *(r.table.num_rows for r in pending)])  # where each table begins
+    global_rows = np.concatenate([r.indices + starts[k] for k, r in enumerate(pending)])
+    chosen = global_rows[order[:cut]]
+    tables = [r.table for r in pending]
+    source = tables[0] if len(tables) == 1 else pa.concat_tables(tables, promote_options="permissive")
+    out = source.take(from_numpy(chosen))
+    left: list[_Rows] = []
+    if cut < len(order):
+        rest = np.sort(order[cut:])  # positions in ts, which is grouped by piece
+        for k, r in enumerate(pending):
+            lo, hi = np.searchsorted(rest, [offsets[k], offsets[k + 1]])
+            if hi > lo:
+                keep = rest[lo:hi] - offsets[k]
+                left.append(_Rows(r.table, r.indices[keep], r.ts[keep]))
+    return out, left
 
 
 def query(backend: Backend, options: QueryOptions) -> Iterator[pa.RecordBatch]:

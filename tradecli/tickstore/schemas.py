@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 
-from tradecli.records import coerce_column, describe
+from tradecli.records import coerce_column, describe, from_numpy
 from tradecli.tickstore.layout import valid_type
 
 # (row, field, reason) for each rejected record of a batch
@@ -145,7 +145,7 @@ class SchemaRegistry:
             reject(batch, sorted(problems))
         keep = np.ones(batch.num_rows, dtype=bool)
         keep[[row for row, _, _ in problems]] = False
-        return self._convert(batch.filter(pa.array(keep)))
+        return self._convert(batch.filter(from_numpy(keep)))
 
     def _unstorable(
         self,
@@ -180,7 +180,7 @@ class SchemaRegistry:
         for i in np.unique(codes).tolist():
             if i < 0:
                 continue
-            part = batch.filter(pa.array(codes == i))
+            part = batch.filter(from_numpy(codes == i))
             schema = self.schemas.get(str(names[i]))
             if schema is None:
                 parts.append(part)

@@ -13,9 +13,11 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, suppress
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -25,10 +27,12 @@ import pyarrow.parquet as pq
 from tradecli.state import atomic_write, fsync_dir
 from tradecli.tickstore import files, wal
 from tradecli.tickstore.backend import Backend, StoreError, exclusive_lock
-from tradecli.tickstore.layout import covered, part_name, partition, tmp_name
+from tradecli.tickstore.layout import covered, live_files, part_name, partition, tmp_name
 from tradecli.tickstore.schemas import RejectRows, SchemaRegistry
 
 LAST_SEQ = "last-seq"
+Part = files.PartitionData
+ENCODERS = 2  # record types of a segment sorted and compressed at once
 
 
 @dataclass
@@ -100,6 +104,7 @@ class StoreWriter:
         self._failure: BaseException | None = None
         self._threads: list[threading.Thread] = []
         self._exit = ExitStack()
+        self._encoders: ThreadPoolExecutor | None = None
         self._opened = False
         self._closed = False
 
@@ -134,22 +139,30 @@ class StoreWriter:
         return self
 
     def _seed_schemas(self) -> None:
+        """Learn each type's columns from its newest file (a compaction may remove a file between
+        the listing and the read: then the partition is listed again)."""
         for rtype in self.backend.list_types():
             for day in reversed(self.backend.list_dates(rtype)):
-                candidates = sorted(
-                    self.backend.list_files(rtype, day), key=lambda f: (f.last or 0, f.name), reverse=True
-                )
-                schema = None
-                for f in candidates:
-                    try:
-                        with self.backend.open_input(f"{partition(rtype, day)}/{f.name}") as handle:
-                            schema = pq.read_schema(handle)
-                        break
-                    except (OSError, pa.ArrowInvalid) as err:
-                        self.log.warning(f"cannot read the schema of {partition(rtype, day)}/{f.name}: {err}")
+                schema = self._newest_schema(rtype, day)
                 if schema is not None:
                     self.registry.seed(rtype, schema)
                     break
+
+    def _newest_schema(self, rtype: str, day: str) -> pa.Schema | None:
+        for _attempt in range(5):
+            current, _ = live_files(self.backend.list_files(rtype, day))
+            if not current:
+                return None
+            newest = max(current, key=lambda f: (f.last or 0, f.name))
+            rel = f"{partition(rtype, day)}/{newest.name}"
+            try:
+                with self.backend.open_input(rel) as handle:
+                    return pq.read_schema(handle)
+            except FileNotFoundError:
+                continue
+            except (OSError, pa.ArrowInvalid) as err:
+                raise StoreError(f"cannot read the schema of {self.backend.path_of(rel)}: {err}") from err
+        raise StoreError(f"{partition(rtype, day)} keeps changing while its schema is read; try again")
 
     def _find_last_seq(self) -> int:
         marker = self.wal_dir / LAST_SEQ
@@ -292,17 +305,33 @@ class StoreWriter:
                 del job  # let the segment's batches go before waiting for the next one
                 self._roller_free.release()
 
+    def _encoded(self, job: _Job) -> Iterator[tuple[Part, pa.Buffer]]:
+        """Each partition of a segment with its Parquet bytes; record types are encoded in parallel
+        (sorting, copying and compressing release the GIL), and come out in a fixed order."""
+
+        def work(task: Callable[[], list[Part]]) -> list[tuple[Part, pa.Buffer]]:
+            meta = partial(files.file_metadata, first=job.seq, last=job.seq)
+            return [(part, files.encode(part.table, meta(part))) for part in task()]
+
+        tasks = files.partition_tasks(job.batches, job.schemas, time.time_ns())
+        if len(tasks) == 1:
+            yield from work(tasks[0])
+            return
+        if self._encoders is None:
+            self._encoders = ThreadPoolExecutor(max_workers=ENCODERS, thread_name_prefix="store-encode")
+        for done in self._encoders.map(work, tasks):
+            yield from done
+
     def _publish(self, job: _Job, recovering: bool = False) -> int:
         """Write a segment's partitions, then delete the segment. Returns the files published."""
         count = 0
-        for part in files.partitions(job.batches, job.schemas, time.time_ns()):
+        for part, data in self._encoded(job):
             rel = partition(part.rtype, part.day)
             name = part_name(job.seq)
             if recovering:
                 self.backend.remove_stale_tmp(part.rtype, part.day, {tmp_name(name)})
                 if covered(self.backend.list_files(part.rtype, part.day), job.seq):
                     continue  # published before the crash (perhaps compacted since)
-            data = files.encode(part.table, files.file_metadata(part, first=job.seq, last=job.seq))
             self.backend.publish(rel, name, data)
             count += 1
             with self._count_lock:
@@ -350,6 +379,8 @@ class StoreWriter:
                 self._threads[0].join()
             self._check()
         finally:
+            if self._encoders is not None:
+                self._encoders.shutdown(wait=False, cancel_futures=True)
             self._exit.close()
 
     def __enter__(self) -> StoreWriter:
