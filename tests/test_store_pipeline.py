@@ -11,6 +11,7 @@ import functools
 import io
 import os
 import random
+import re
 import signal
 import subprocess
 import threading
@@ -24,6 +25,7 @@ import duckdb
 import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
@@ -285,8 +287,16 @@ def test_duckdb_reads_while_store_writes_and_counts_match_receipts(target: Targe
     reader = threading.Thread(target=collect)
     reader.start()
     observed: list[dict[str, int]] = []
+    in_flight = re.compile(
+        r"^type=[^/]+/date=[^/]+/(part-\d+(-\d+)?\.parquet|\.part-\d+(-\d+)?\.parquet\.tmp)$"
+    )
     while consumer.poll() is None:
         observed.append(target.duckdb_counts())  # must never fail on a half-written file
+        names = [n for n in target.names() if n.startswith("type=")]
+        assert all(in_flight.match(n) for n in names), names  # hidden, and not *.parquet, while written
+        if names:  # pyarrow's dataset discovery skips the in-flight files too
+            dataset = ds.dataset(target.root, filesystem=target.fs, format="parquet", partitioning="hive")
+            assert dataset.count_rows() >= sum(observed[-1].values())
         time.sleep(0.05)
     reader.join()
     producer.wait(timeout=60)
@@ -304,6 +314,11 @@ def test_duckdb_reads_while_store_writes_and_counts_match_receipts(target: Targe
             assert count in prefixes[rtype], (rtype, count, sorted(prefixes[rtype]))
     stored = int(err.decode().rsplit(" stored", 1)[0].rsplit(", ", 1)[1].replace(",", ""))
     assert target.duckdb_counts() == running
+    kinds = target.duck.execute(
+        f"SELECT typeof(date), typeof(type) FROM read_parquet('{target.glob}', hive_partitioning=true, "
+        "union_by_name=true) LIMIT 1"
+    ).fetchall()
+    assert kinds == [("DATE", "VARCHAR")]  # Hive partitioning gives the date back as a DATE
     assert sum(running.values()) == stored > 10_000
     _assert_clean(target)
 

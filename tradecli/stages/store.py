@@ -357,6 +357,11 @@ def query_command(
     written, so it feeds the same pipeline. Records come out in timestamp order across types,
     symbols and files; --speed 1 paces them as they were recorded.
 
+    --where takes comparisons (== != < <= > >=) joined by and, or, not (or &, |, ~), arithmetic
+    (+ - * /), in ("A", "B"), == None, abs(), isnull(), notnull() and ts("2026-11-20T09:30"). It
+    is parsed, never evaluated; a comparison with a missing value is not true, as in SQL. Times
+    without an offset, here and in --from and --to, are New York time.
+
     Example: trade store query --date 2026-11-20 --type trade | trade enrich | trade screen
     """
     from tradecli.stages.ingest import _speed

@@ -7,7 +7,7 @@ replaced. Each merged file is published (whole, atomically) before its inputs ar
 no moment is a record missing. The inputs are removed right after - microseconds later - and a
 reader that lists the directory in between, or after a crash in between, could see a record in
 both; ``trade store`` itself never does, because it skips any file whose range lies inside a
-larger file's range, and the next ``compact`` (or writer start) removes such leftovers.
+larger file's range, and the next ``compact`` removes such leftovers.
 """
 
 from __future__ import annotations
