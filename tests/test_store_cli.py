@@ -314,6 +314,10 @@ def test_query_speed_paces_like_file_replay(tmp_path: Path) -> None:
     elapsed = time.monotonic() - started
     assert len(ndjson_records(paced.stdout)) == 5
     assert elapsed >= 0.9  # 2 s of recorded time at twice the pace
+    started = time.monotonic()
+    picked = run_trade("store", "query", store, "--speed", "4", "--columns", "symbol,price", "-q")
+    assert time.monotonic() - started >= 0.4  # paced by the times it does not print
+    assert ndjson_records(picked.stdout) == [{"symbol": "X", "price": 1.0}] * 5
 
 
 def test_store_reads_an_arrow_pipe_and_survives_head(tmp_path: Path) -> None:

@@ -386,6 +386,9 @@ def query_command(
         where=where,
     )
     pace_speed = _speed(speed)
+    shown = options.columns
+    if pace_speed is not None and shown and "timestamp" not in shown:
+        options.columns = [*shown, "timestamp"]  # pacing needs the times; they are dropped after
     with common.session() as session:
         from tradecli.tickstore.reader import Query
 
@@ -402,6 +405,8 @@ def query_command(
             from tradecli.sources.file import pace
 
             batches = pace(batches, pace_speed, session)
+            if shown and "timestamp" not in shown:
+                batches = (b.select(shown) for b in batches)
         common.writer(session).write_all(batches)
         session.counters.records_in = session.counters.records_out
 

@@ -179,16 +179,7 @@ class LocalBackend(Backend):
             raise StoreError(f"cannot read {path}: {err}") from err
 
     def _makedirs(self, path: Path) -> None:
-        """Create missing directories and make each new entry durable in its parent."""
-        missing = []
-        probe = path
-        while not probe.exists():
-            missing.append(probe)
-            probe = probe.parent
-        for directory in reversed(missing):
-            with suppress(FileExistsError):
-                directory.mkdir()
-            fsync_dir(directory.parent)
+        makedirs_durable(path)
 
     def publish(self, rel_dir: str, name: str, data: pa.Buffer | bytes) -> None:
         directory = self._dir(rel_dir)
@@ -362,6 +353,19 @@ class RemoteBackend(Backend):
         path = state_dir("store") / "locks" / f"{self._slug()}.lock"
         with exclusive_lock(path, "a trade store compact or prune is already running on " + self.display):
             yield
+
+
+def makedirs_durable(path: Path) -> None:
+    """Create missing directories and make each new entry durable in its parent."""
+    missing = []
+    probe = path
+    while not probe.exists():
+        missing.append(probe)
+        probe = probe.parent
+    for directory in reversed(missing):
+        with suppress(FileExistsError):
+            directory.mkdir()
+        fsync_dir(directory.parent)
 
 
 @contextmanager

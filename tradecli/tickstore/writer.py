@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 
 from tradecli.state import atomic_write, fsync_dir
 from tradecli.tickstore import files, wal
-from tradecli.tickstore.backend import Backend, StoreError, exclusive_lock
+from tradecli.tickstore.backend import Backend, StoreError, exclusive_lock, makedirs_durable
 from tradecli.tickstore.layout import covered, live_files, part_name, partition, tmp_name
 from tradecli.tickstore.schemas import RejectRows, SchemaRegistry
 
@@ -112,7 +112,7 @@ class StoreWriter:
     def open(self) -> StoreWriter:
         """Lock the WAL, learn the stored schemas, recover what a crash left, start the threads."""
         try:
-            self.wal_dir.mkdir(parents=True, exist_ok=True)
+            makedirs_durable(self.wal_dir)
         except OSError as err:
             raise StoreError(f"cannot create the WAL directory {self.wal_dir}: {err.strerror}") from err
         self._exit.enter_context(
