@@ -338,3 +338,14 @@ def test_store_reads_an_arrow_pipe_and_survives_head(tmp_path: Path) -> None:
     query.stdout.close()
     _, err = query.communicate(timeout=60)
     assert query.returncode == 141 and err == b""
+
+
+def test_a_password_in_the_store_uri_is_never_shown(tmp_path: Path) -> None:
+    from tradecli.tickstore.backend import mask_uri
+
+    assert mask_uri("s3://key:s3cr3t%2Fpw@bkt/p?x=1") == ("s3://key:***@bkt/p?x=1", "s3cr3t/pw")
+    assert mask_uri("s3://bkt/p") == ("s3://bkt/p", None)
+    result = invoke(["store", "stats", "s3://key:s3cr3tpw@bkt/p?bogus=1"])
+    assert result.exit_code == 2
+    assert "s3://key:***@bkt/p" in result.stderr
+    assert "s3cr3tpw" not in result.stderr + result.stdout

@@ -397,14 +397,18 @@ def open_backend(path: str | None, log: Any = None) -> Backend:
     if "://" not in text:
         return LocalBackend(Path(text).expanduser())
     display, secret = mask_uri(text)
-    if secret and log is not None:
-        log.add_secret(secret)
+    secrets = [s for s in {secret, urlsplit(text).password} if s]  # as given, and decoded
+    if log is not None:
+        for value in secrets:
+            log.add_secret(value)
     if text.startswith("file://"):
         return LocalBackend(Path(unquote(urlsplit(text).path)))
     try:
         fs, root = pafs.FileSystem.from_uri(text)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError, ValueError) as err:
-        message = str(err).replace(secret, "***") if secret else str(err)
+        message = str(err)
+        for value in secrets:
+            message = message.replace(value, "***")
         raise TradeError(f"cannot open store {display}: {message}", 2) from None
     if isinstance(fs, pafs.LocalFileSystem):
         return LocalBackend(Path(root))

@@ -198,10 +198,15 @@ class StoreWriter:
                 batches.extend(self.registry.admit(batch, self._recovery_reject(path), lenient=True))
             published = self._publish(_Job(seq, path, batches, self.registry.snapshot()), recovering=True)
             self.recovered_rows += found.rows
-            self.log.info(
-                f"recovered {found.rows:,} records from WAL segment {path.name} "
-                f"({published} file{'s' if published != 1 else ''} published)"
-            )
+            if found.rows and published:
+                self.log.info(
+                    f"recovered {found.rows:,} records from WAL segment {path.name} "
+                    f"({published} file{'s' if published != 1 else ''} published)"
+                )
+            elif found.rows:
+                self.log.info(
+                    f"WAL segment {path.name}: its {found.rows:,} records were already published; removed"
+                )
 
     def _recovery_reject(self, path: Path) -> RejectRows:
         def report(batch: pa.RecordBatch, problems: list[tuple[int, str | None, str]]) -> None:
@@ -227,14 +232,20 @@ class StoreWriter:
                     raise StoreError(f"cannot append to {segment.path}: {err.strerror or err}") from err
                 self.written += part.num_rows
                 if self.options.fsync == "batch":
-                    self.stored += segment.sync()
+                    self.stored += self._sync(segment)
                 elif self.options.fsync == "interval":
                     if time.monotonic() - segment.last_sync >= self.options.fsync_interval:
-                        self.stored += segment.sync()
+                        self.stored += self._sync(segment)
                 else:
                     self.stored += part.num_rows
                 if segment.rows >= self.options.roll_rows:
                     self._rotate()
+
+    def _sync(self, segment: wal.Segment) -> int:
+        try:
+            return segment.sync()
+        except OSError as err:
+            raise StoreError(f"cannot fsync {segment.path}: {err.strerror or err}") from err
 
     def _open_segment(self) -> wal.Segment:
         try:
@@ -248,7 +259,10 @@ class StoreWriter:
         segment, self._segment = self._segment, None
         if segment is None:
             return
-        newly = segment.seal()
+        try:
+            newly = segment.seal()
+        except OSError as err:
+            raise StoreError(f"cannot close {segment.path}: {err.strerror or err}") from err
         if self.options.fsync != "off":
             self.stored += newly
         if segment.rows == 0:
@@ -285,7 +299,7 @@ class StoreWriter:
                         and segment.dirty
                         and now - segment.last_sync >= self.options.fsync_interval
                     ):
-                        self.stored += segment.sync()
+                        self.stored += self._sync(segment)
                     if segment.rows and now - segment.created >= self.options.roll_interval:
                         self._rotate()
         except BaseException as err:
