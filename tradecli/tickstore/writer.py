@@ -32,6 +32,7 @@ from tradecli.tickstore.schemas import RejectRows, SchemaRegistry
 
 LAST_SEQ = "last-seq"
 Part = files.PartitionData
+ROLL_BYTES = 128 << 20  # a segment also rolls at this size, so wide records keep memory bounded
 ENCODERS = 2  # record types of a segment sorted and compressed at once
 
 
@@ -238,7 +239,7 @@ class StoreWriter:
                         self.stored += self._sync(segment)
                 else:
                     self.stored += part.num_rows
-                if segment.rows >= self.options.roll_rows:
+                if segment.rows >= self.options.roll_rows or segment.size >= ROLL_BYTES:
                     self._rotate()
 
     def _sync(self, segment: wal.Segment) -> int:
