@@ -1,5 +1,6 @@
 """Golden files: tests/golden/<stage>/<case>.in.ndjson through `trade <stage> [<case>.args]` must give
-<case>.out.ndjson (jc's convention: cases are found by file name).
+<case>.out.ndjson (jc's convention: cases are found by file name). ``{tmp}`` in the arguments is
+a fresh temporary directory.
 
 Fields that depend on the wall clock (recv_ts, latency_ms, and those a stage lists in
 tests/golden/<stage>/VOLATILE) are left out of the comparison; the time zone is UTC.
@@ -60,6 +61,7 @@ def test_golden(stage: str, case: Path, request: pytest.FixtureRequest, utc: Non
     name = case.name[: -len(".in.ndjson")]
     args_file = case.with_name(f"{name}.args")
     args = shlex.split(args_file.read_text()) if args_file.exists() else []
+    args = [a.replace("{tmp}", str(tmp_state)) for a in args]  # a place for stages that write files
     result = invoke([command_name(stage), *args, "--quiet"], input=case.read_bytes())
     assert result.exit_code == 0, result.stderr
     volatile_file = case.with_name("VOLATILE")

@@ -1,4 +1,8 @@
-"""The ``trade`` command: a thin Typer app that registers every stage listed in STAGES."""
+"""The ``trade`` command: a thin Typer app that registers every stage listed in STAGES.
+
+A stage module offers ``command``; one with subcommands also offers ``app``, a Typer app built on
+:class:`tradecli.groups.DefaultCommandGroup` whose default command is that same ``command``.
+"""
 
 from __future__ import annotations
 
@@ -45,6 +49,10 @@ def main(
 
 for _module_name in STAGES:
     _module = importlib.import_module(f"tradecli.stages.{_module_name}")
+    _group = getattr(_module, "app", None)  # a stage with subcommands (see tradecli.groups)
+    if isinstance(_group, typer.Typer):
+        app.add_typer(_group, name=command_name(_module_name), help=_module.command.__doc__)
+        continue
     app.command(
         name=command_name(_module_name),
         help=_module.command.__doc__,

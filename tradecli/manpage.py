@@ -1,9 +1,10 @@
 """Man pages generated from the same command tree the parser uses, so they cannot disagree.
 
 ``render()`` walks ``typer.main.get_command(app)`` and writes ``trade.1`` plus ``trade-<stage>.1``
-for each stage: NAME, SYNOPSIS, DESCRIPTION (the stage module's docstring), OPTIONS (each
-option's help record, exactly as ``--help`` shows it), EXIT STATUS and EXAMPLES. The date comes
-from the release, never from today, so a regenerated page only differs when the CLI does.
+for each stage (and ``trade-<stage>-<subcommand>.1`` for a stage with subcommands): NAME,
+SYNOPSIS, DESCRIPTION (the stage module's docstring), OPTIONS (each option's help record, exactly
+as ``--help`` shows it), EXIT STATUS and EXAMPLES. The date comes from the release, never from
+today, so a regenerated page only differs when the CLI does.
 """
 
 from __future__ import annotations
@@ -94,7 +95,7 @@ def _page(
         ".SH NAME",
         f"{_roff(name)} \\- {_roff(summary)}",
         ".SH SYNOPSIS",
-        f".B {_roff(synopsis)}",
+        "\n.br\n".join(f".B {_roff(line)}" for line in synopsis.split("\n")),
         ".SH DESCRIPTION",
         description,
         ".SH OPTIONS",
@@ -142,17 +143,44 @@ def render(date: str = __release_date__) -> dict[str, str]:
         command = root.commands[name]
         ctx = command.make_context(name, [], resilient_parsing=True, parent=root_ctx)
         module = importlib.import_module(f"tradecli.stages.{module_name}")
-        synopsis = " ".join(["trade", name, *command.collect_usage_pieces(ctx)])
+        # A stage with subcommands: its page shows the bare form (the default command) and lists
+        # the subcommands, each of which gets a page of its own (trade-store-query.1).
+        subcommands = [(n, c) for n, c in getattr(command, "commands", {}).items() if not c.hidden]
+        default = getattr(command, "default_command", lambda: None)()
+        shown, shown_ctx = command, ctx
+        if default is not None:
+            shown = default
+            shown_ctx = default.make_context(name, [], resilient_parsing=True, parent=ctx)
+        synopsis = " ".join(["trade", name, *shown.collect_usage_pieces(shown_ctx)])
+        description = _description(module.__doc__ or "")
+        sub_pages = [f"trade-{name}-{n}" for n, _ in subcommands]
+        if subcommands:
+            synopsis += f"\ntrade {name} {command.subcommand_metavar}"
+            description += "\n.SH COMMANDS\n" + "\n".join(
+                f".TP\n.B {_roff(n)}\n{_roff(_summary(c.help))}" for n, c in subcommands
+            )
         pages[f"trade-{name}.1"] = _page(
             f"trade-{name}",
             _summary(command.help),
             synopsis,
-            _description(module.__doc__ or ""),
-            _options(command, ctx),
+            description,
+            _options(shown, shown_ctx),
             _examples(command.help, module.__doc__),
-            ["trade"] + [p for p in stage_pages if p != f"trade-{name}"],
+            ["trade", *sub_pages] + [p for p in stage_pages if p != f"trade-{name}"],
             date,
         )
+        for sub_name, sub in subcommands:
+            sub_ctx = sub.make_context(sub_name, [], resilient_parsing=True, parent=ctx)
+            pages[f"trade-{name}-{sub_name}.1"] = _page(
+                f"trade-{name}-{sub_name}",
+                _summary(sub.help),
+                " ".join(["trade", name, sub_name, *sub.collect_usage_pieces(sub_ctx)]),
+                _description(sub.help or ""),
+                _options(sub, sub_ctx),
+                _examples(sub.help),
+                ["trade", f"trade-{name}"] + [p for p in sub_pages if p != f"trade-{name}-{sub_name}"],
+                date,
+            )
     return pages
 
 

@@ -84,6 +84,9 @@ FIELD_TYPES: dict[str, pa.DataType] = {
     "latency_ms": F64,
     "error": STR,
     "signal_ts": TIMESTAMP,
+    # store receipt (store --receipts)
+    "first_ts": TIMESTAMP,
+    "last_ts": TIMESTAMP,
 }
 
 TIMESTAMP_FIELDS = frozenset(k for k, t in FIELD_TYPES.items() if t == TIMESTAMP)

@@ -489,10 +489,17 @@ def _raw_lines(block: bytes, first_line: int) -> dict[int, bytes]:
 def _row_as_dict(batch: pa.RecordBatch, row: int) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name, col in zip(batch.schema.names, batch.columns, strict=True):
+        cell = col.slice(row, 1)
+        if pa.types.is_timestamp(cell.type):
+            # ns since the epoch, as NDJSON carries it (as_py() refuses ns without pandas)
+            cell = cell.cast(pa.int64())
         try:
-            value = col[row].as_py()
+            value = cell[0].as_py()
         except (pa.ArrowInvalid, ValueError, OverflowError):
-            value = str(col[row])
+            try:
+                value = cell.to_string()
+            except (pa.ArrowInvalid, ValueError, OverflowError):
+                value = repr(cell.type)
         out[name] = value
     return out
 

@@ -1,0 +1,164 @@
+"""store: sustained writes (Arrow and NDJSON, --fsync batch), query streaming, memory on a long run.
+
+The issue's targets: >= 1,000,000 records/s written from Arrow with --fsync batch, >= 300,000/s
+from NDJSON, >= 2,000,000/s streamed by ``query``, and memory that stays flat over a
+10-million-record run (here 10 x --events, sampled while it runs).
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+from benchmarks.harness import Bench, trade
+
+
+def _one(
+    bench: Bench,
+    case: str,
+    argv: list[str],
+    events: int,
+    stdin: Path | None = None,
+    note: str = "",
+    stream: bool = False,
+) -> None:
+    """One process, timed by the wall clock and by the CPU it used (user + system).
+
+    On a busy machine the wall-clock rate says little; records per CPU-second say what the
+    process needs (with the store's threads it can use more than one core). With ``stream`` the
+    output is read here and the rate from the first byte out to the last is reported too: what
+    the query streams once Python and pyarrow have started.
+    """
+    import os
+
+    bench.log(f"  store: {case} ...")
+    source = open(stdin, "rb") if stdin else subprocess.DEVNULL  # noqa: SIM115 - closed below
+    started = time.perf_counter()
+    first_byte = None
+    try:
+        proc = subprocess.Popen(
+            argv,
+            stdin=source,
+            stdout=subprocess.PIPE if stream else subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env=bench.env(),
+        )
+        if stream:
+            assert proc.stdout is not None
+            while proc.stdout.read1(1 << 20):  # type: ignore[attr-defined]
+                if first_byte is None:
+                    first_byte = time.perf_counter()
+            proc.stdout.close()
+        _, status, usage = os.wait4(proc.pid, 0)
+    finally:
+        if stdin:
+            source.close()  # type: ignore[union-attr]
+    ended = time.perf_counter()
+    elapsed = ended - started
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise RuntimeError(f"{case}: exit {os.waitstatus_to_exitcode(status)}")
+    cpu = usage.ru_utime + usage.ru_stime
+    text = f"CPU {cpu:.2f} s: {events / cpu:,.0f} records per CPU-second"
+    if first_byte is not None:
+        text += (
+            f"; {events / max(ended - first_byte, 1e-9):,.0f} records/s from the first byte out "
+            f"(start-up {first_byte - started:.2f} s)"
+        )
+    bench.record(
+        "store",
+        case,
+        events,
+        elapsed,
+        {"store": round(usage.ru_maxrss / 1024, 1)},
+        (note + "; " if note else "") + text,
+    )
+
+
+def _long_run(bench: Bench, events: int) -> None:
+    """``ingest | store`` over many records, sampling the store's memory as it goes."""
+    import psutil
+
+    store_dir = bench.workdir / "store-long"
+    shutil.rmtree(store_dir, ignore_errors=True)
+    bench.log(f"  store: long run of {events:,} records ...")
+    sim = ["ingest", "--seed", "2", "--date", "2026-11-20", "--universe", "500", "--count", str(events)]
+    started = time.perf_counter()
+    producer = subprocess.Popen(
+        trade(*sim, "--format", "arrow", "--quiet"), stdout=subprocess.PIPE, env=bench.env()
+    )
+    consumer = subprocess.Popen(
+        trade("store", str(store_dir), "--quiet"),
+        stdin=producer.stdout,
+        env=bench.env(),
+        stderr=subprocess.DEVNULL,
+    )
+    assert producer.stdout is not None
+    producer.stdout.close()
+    watched = psutil.Process(consumer.pid)
+    samples: list[tuple[float, float]] = []
+    while consumer.poll() is None:
+        try:
+            samples.append((time.perf_counter() - started, watched.memory_info().rss / 2**20))
+        except psutil.Error:
+            break
+        time.sleep(0.25)
+    producer.wait()
+    elapsed = time.perf_counter() - started
+    if consumer.returncode != 0:
+        raise RuntimeError(f"store exited {consumer.returncode} on the long run")
+    rss = [mb for _, mb in samples] or [0.0]
+    marks = [rss[min(len(rss) - 1, int(len(rss) * f))] for f in (0.1, 0.25, 0.5, 0.75, 0.99)]
+    note = (
+        "store RSS (MB) at 10/25/50/75/99% of the run: "
+        + " / ".join(f"{m:.0f}" for m in marks)
+        + f"; peak {max(rss):.0f} over {len(rss)} samples (ingest and store run side by side)"
+    )
+    bench.record(
+        "store", f"long run: sim -> store, {events:,} records", events, elapsed, {"store": max(rss)}, note
+    )
+    shutil.rmtree(store_dir, ignore_errors=True)
+
+
+def run(bench: Bench) -> None:
+    n = bench.events
+    sim = ["ingest", "--seed", "1", "--date", "2026-11-20", "--universe", "500", "--count", str(n), "--quiet"]
+    arrow = bench.file("sim.arrows", trade(*sim, "--format", "arrow"))
+    ndjson = bench.file("sim.ndjson", trade(*sim))
+    target = bench.workdir / "store"
+
+    shutil.rmtree(target, ignore_errors=True)
+    _one(
+        bench,
+        "Arrow file -> store --fsync batch",
+        trade("store", str(target), "--fsync", "batch", "--quiet"),
+        n,
+        arrow,
+    )
+    shutil.rmtree(target, ignore_errors=True)
+    _one(
+        bench,
+        "NDJSON file -> store --fsync batch",
+        trade("store", str(target), "--fsync", "batch", "--quiet"),
+        n,
+        ndjson,
+    )
+    query = ["store", "query", str(target), "--quiet"]
+    _one(
+        bench,
+        "store query -> Arrow (time-ordered replay)",
+        trade(*query, "--format", "arrow"),
+        n,
+        stream=True,
+    )
+    _one(bench, "store query -> NDJSON", trade(*query), n, stream=True)
+    _one(
+        bench,
+        "store query --where 'price > 100' --columns symbol,timestamp,price",
+        trade(*query, "--where", "price > 100", "--columns", "symbol,timestamp,price", "--format", "arrow"),
+        n,
+        note="counts the records scanned, not the ones that matched",
+    )
+    shutil.rmtree(target, ignore_errors=True)
+    _long_run(bench, n * 10)
