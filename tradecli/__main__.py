@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 from collections.abc import Sequence
 from importlib.machinery import ModuleSpec
-from types import ModuleType
+from types import FrameType, ModuleType
 
 
 class _WithoutPandas:
@@ -22,7 +23,15 @@ class _WithoutPandas:
         return None
 
 
+def _stop_while_starting(signum: int, frame: FrameType | None) -> None:
+    # nothing has been read or written yet: end as a signal would, without a traceback
+    sys.exit(128 + signum)
+
+
 def main() -> None:
+    # until a stage installs its own handlers (after its imports), SIGTERM/SIGINT end it quietly
+    signal.signal(signal.SIGTERM, _stop_while_starting)
+    signal.signal(signal.SIGINT, _stop_while_starting)
     if "pandas" not in sys.modules:
         sys.meta_path.insert(0, _WithoutPandas)  # type: ignore[arg-type]
     from tradecli.cli import app
