@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from screen_data import batches_of, enriched_sim, records_batch
@@ -207,6 +208,8 @@ def assert_same_signal(got: dict[str, Any], want: dict[str, Any]) -> None:
 
 
 # --- per record ---------------------------------------------------------------------------------
+# (a failing example takes hypothesis up to five minutes to shrink: let it finish and report it)
+@pytest.mark.timeout(900)
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(independent_records())
 def test_vectorised_equals_design_document_on_every_record(records: list[dict[str, Any]]) -> None:
@@ -247,6 +250,7 @@ def expected_edges(records: list[dict[str, Any]]) -> list[tuple[str, int, dict[s
     return out
 
 
+@pytest.mark.timeout(900)
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(symbol_stream(), st.integers(1, 50))
 def test_edges_follow_the_design_document_verdicts(records: list[dict[str, Any]], cut: int) -> None:

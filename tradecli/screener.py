@@ -37,7 +37,7 @@ import pyarrow.compute as pc
 from tradecli.errors import TradeError
 from tradecli.records import DICT_STRING, FIELD_TYPES, MARKET_TYPES, STR, TIMESTAMP, from_numpy
 from tradecli.state import atomic_write
-from tradecli.strategies import Strategy
+from tradecli.strategies import Numbers, Strategy
 
 NEW_YORK = ZoneInfo("America/New_York")
 DAY_NS = 86_400 * 10**9
@@ -98,6 +98,7 @@ class Columns:
         self.names = set(batch.schema.names)
         self._values: dict[str, np.ndarray] = {}
         self._valid: dict[str, np.ndarray] = {}
+        self._missing: dict[tuple[str, ...], np.ndarray | None] = {}
 
     def has(self, name: str) -> bool:
         if name == "price":
@@ -137,6 +138,17 @@ class Columns:
         if name not in self._valid:
             self._convert(name)
         return self._valid[name]
+
+    def missing_any(self, names: tuple[str, ...]) -> np.ndarray | None:
+        """Rows where one of ``names`` is null (None when there are none); cached per name set."""
+        if names not in self._missing:
+            out: np.ndarray | None = None
+            for name in names:
+                valid = self.valid(name)
+                if not valid.all():
+                    out = ~valid if out is None else out | ~valid
+            self._missing[names] = out
+        return self._missing[names]
 
     def pylist(self, name: str, rows: np.ndarray) -> list[Any]:
         """Python values at ``rows`` in the column's own type (so volumes stay whole numbers)."""
@@ -321,53 +333,54 @@ class ScreenState:
 class Groups:
     """Rows of a batch grouped by symbol id (stable: within a symbol, rows keep their order)."""
 
-    order: np.ndarray  # positions of the rows, sorted by symbol id
+    order: np.ndarray  # batch rows sorted by symbol id
     sym: np.ndarray  # symbol id of each sorted row
     day: np.ndarray  # New York day of each sorted row
-    start: np.ndarray  # for each sorted row, the sorted position where its symbol's run starts
-    ends: np.ndarray  # sorted position of the last row of each run
 
     @classmethod
     def of(cls, sym_ids: np.ndarray, days: np.ndarray) -> Groups:
-        order = np.argsort(sym_ids, kind="stable")
-        sym = sym_ids[order]
-        n = len(sym)
-        first = np.ones(n, dtype=bool)
-        first[1:] = sym[1:] != sym[:-1]
-        positions = np.arange(n)
-        start = np.maximum.accumulate(np.where(first, positions, 0))
-        ends = np.flatnonzero(np.r_[first[1:], True]) if n else np.zeros(0, dtype=np.int64)
-        return cls(order, sym, days[order], start, ends)
+        # numpy's stable sort is a radix sort for 16-bit keys: linear, whatever the batch size
+        keys = sym_ids.astype(np.uint16) if len(sym_ids) and sym_ids.max() < 1 << 16 else sym_ids
+        order = np.argsort(keys, kind="stable")
+        return cls(order, sym_ids[order], days[order])
 
 
 def rising_edges(zone: np.ndarray, groups: Groups, st: StrategyState, initial: int) -> np.ndarray:
-    """Sorted positions where a symbol's zone turns to an on-zone; updates the carried zones.
+    """Batch rows where a symbol's zone turns to an on-zone; updates the carried zones.
 
     ``zone`` is in batch order (-1 = hold). A row's previous zone is that of the symbol's last
     judged row before it (in this batch, else carried from earlier ones); when that row was on
-    another New York day, the previous zone is ``initial``.
+    another New York day, the previous zone is ``initial``. Only judged rows take part.
     """
     z = zone[groups.order]
-    n = len(z)
-    positions = np.arange(n)
-    judged = z >= 0
-    last_judged = np.maximum.accumulate(np.where(judged, positions, -1))
-    before = np.empty(n, dtype=np.int64)
-    before[0] = -1
-    before[1:] = last_judged[:-1]
-    inside = before >= groups.start
-    at = np.where(inside, before, 0)
-    prev_zone = np.where(inside, z[at], st.zone[groups.sym])
-    prev_day = np.where(inside, groups.day[at], st.day[groups.sym])
-    prev_zone = np.where(prev_day == groups.day, prev_zone, initial)
-    fired = judged & (z > 0) & (z != prev_zone)
-    # carry each symbol's last judged zone and its day into the next batch
-    last = last_judged[groups.ends]
-    ok = last >= groups.start[groups.ends]
-    sids = groups.sym[groups.ends[ok]]
-    st.zone[sids] = z[last[ok]]
-    st.day[sids] = groups.day[last[ok]]
-    return np.flatnonzero(fired)
+    judged = np.flatnonzero(z >= 0)
+    m = len(judged)
+    if m == 0:
+        return judged
+    zj = z[judged]
+    sj = groups.sym[judged]
+    dj = groups.day[judged]
+    first = np.empty(m, dtype=bool)
+    first[0] = True
+    np.not_equal(sj[1:], sj[:-1], out=first[1:])
+    starts = np.flatnonzero(first)
+    prev_zone = np.empty(m, dtype=np.int8)
+    prev_zone[1:] = zj[:-1]
+    prev_day = np.empty(m, dtype=np.int64)
+    prev_day[1:] = dj[:-1]
+    symbols = sj[starts]
+    prev_zone[starts] = st.zone[symbols]
+    prev_day[starts] = st.day[symbols]
+    new_day = prev_day != dj
+    if new_day.any():
+        prev_zone[new_day] = initial
+    fired = (zj > 0) & (zj != prev_zone)
+    ends = np.empty(len(starts), dtype=np.int64)
+    ends[:-1] = starts[1:] - 1
+    ends[-1] = m - 1
+    st.zone[symbols] = zj[ends]
+    st.day[symbols] = dj[ends]
+    return groups.order[judged[fired]]  # type: ignore[no-any-return]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -394,10 +407,7 @@ class Accepted:
     strategy: int
     rows: np.ndarray
     zones: np.ndarray
-    entry: np.ndarray | None
-    stop: np.ndarray | None
-    target: np.ndarray | None
-    confidence: np.ndarray
+    numbers: Numbers
     rr: np.ndarray | None
     messages: list[str]
 
@@ -432,13 +442,12 @@ class Screener:
         self.screened_rows = 0
         self._seen: set[str] = set()
         self._warned: set[tuple[str, str]] = set()
-        self._zone_table = [
-            (i, k, zone) for i, s in enumerate(self.strategies) for k, zone in enumerate(s.zones, start=1)
-        ]
+        self._symbols: tuple[pa.Array, np.ndarray, list[str]] | None = None  # dictionary -> ids
+        zone_table = [z for s in self.strategies for z in s.zones]
         self.fields = tuple(dict.fromkeys(f for s in self.strategies for f in s.fields))
         self._uses = {f: np.array([f in s.fields for s in self.strategies]) for f in self.fields}
-        self._sides = pa.array([z.side for _, _, z in self._zone_table], type=STR)
-        self._types = pa.array([z.signal_type for _, _, z in self._zone_table], type=STR)
+        self._sides = pa.array([z.side for z in zone_table], type=STR)
+        self._types = pa.array([z.signal_type for z in zone_table], type=STR)
         self._names = pa.array([s.name for s in self.strategies], type=STR)
         self._zone_offset = np.cumsum([0] + [len(s.zones) for s in self.strategies])
 
@@ -461,17 +470,8 @@ class Screener:
         self._seen.update(sub.schema.names)
         if "close" in self._seen:
             self._seen.add("price")
-        n = sub.num_rows
-        self.screened_rows += n
-        symbol_col = sub.column("symbol")
-        if not pa.types.is_dictionary(symbol_col.type):
-            symbol_col = pc.dictionary_encode(symbol_col.cast(STR))
-        indices = np.asarray(symbol_col.indices.to_numpy(zero_copy_only=False), dtype=np.int64)
-        dictionary = symbol_col.dictionary.cast(STR).to_pylist()
-        used = np.flatnonzero(np.bincount(indices, minlength=len(dictionary)))
-        mapping = np.zeros(len(dictionary), dtype=np.int64)
-        mapping[used] = self.state.ids_for([dictionary[i] for i in used])
-        sym_ids = mapping[indices]
+        self.screened_rows += sub.num_rows
+        sym_ids = self._symbol_ids(sub.column("symbol"))
         ts = np.asarray(sub.column("timestamp").cast(pa.int64()).to_numpy(zero_copy_only=False))
         days = ny_days(ts)
         groups = Groups.of(sym_ids, days)
@@ -487,15 +487,38 @@ class Screener:
         signals, sub_rows = self._build(sub, cols, accepted)
         return signals, rows_map[sub_rows]
 
+    def _symbol_ids(self, column: pa.Array) -> np.ndarray:
+        """Each row's symbol id; the dictionary's mapping is kept while batches share it."""
+        if not pa.types.is_dictionary(column.type):
+            column = pc.dictionary_encode(column.cast(STR))
+        dictionary = column.dictionary
+        indices = np.asarray(column.indices.to_numpy(zero_copy_only=False), dtype=np.int64)
+        cached = self._symbols
+        if cached is not None and (cached[0] is dictionary or cached[0].equals(dictionary)):
+            _, mapping, names = cached
+        else:
+            mapping = np.full(len(dictionary), -1, dtype=np.int64)
+            names = dictionary.cast(STR).to_pylist()
+            self._symbols = (dictionary, mapping, names)
+        ids = mapping[indices]
+        if (ids < 0).any():  # symbols new to this dictionary: name only the ones used
+            new = np.flatnonzero((np.bincount(indices, minlength=len(mapping)) > 0) & (mapping < 0))
+            mapping[new] = self.state.ids_for([names[i] for i in new])
+            ids = mapping[indices]
+        return ids
+
     def _screenable(self, batch: pa.RecordBatch) -> tuple[pa.RecordBatch, np.ndarray] | None:
         names = batch.schema.names
         if batch.num_rows == 0 or not {"type", "symbol", "timestamp"} <= set(names):
             return None
         mask = _in_set(batch.column("type"), MARKET_TYPES)
-        mask &= np.asarray(batch.column("symbol").is_valid().to_numpy(zero_copy_only=False))
-        mask &= np.asarray(batch.column("timestamp").is_valid().to_numpy(zero_copy_only=False))
+        symbol, timestamp = batch.column("symbol"), batch.column("timestamp")
+        if symbol.null_count:
+            mask &= np.asarray(symbol.is_valid().to_numpy(zero_copy_only=False))
+        if timestamp.null_count:
+            mask &= np.asarray(timestamp.is_valid().to_numpy(zero_copy_only=False))
         if self.universe is not None:
-            mask &= _in_set(batch.column("symbol"), self.universe)
+            mask &= _in_set(symbol, self.universe)
         if mask.all():
             return batch, np.arange(batch.num_rows)
         if not mask.any():
@@ -516,77 +539,80 @@ class Screener:
             return None  # every row lacks a needed column: nothing can be judged
         try:
             ev = strategy.evaluate(cols)
-            zone = np.array(ev.zone, dtype=np.int8, copy=True)
-            for name in strategy.needs:
-                valid = cols.valid(name)
-                if not valid.all():
-                    zone[~valid] = -1
-            values = {"entry_price": ev.entry, "stop_loss": ev.stop, "target": ev.target}
-            confidence = np.clip(np.broadcast_to(ev.confidence, zone.shape), 0.0, 1.0)
+            zone = np.array(ev.zone, dtype=np.int8)
+            missing = cols.missing_any(strategy.needs)
+            if missing is not None:
+                np.putmask(zone, missing, -1)
+            on = np.flatnonzero(zone > 0)
+            numbers = ev.numbers(on) if len(on) else None
             rr = None
-            if ev.entry is not None and ev.stop is not None and ev.target is not None:
-                with np.errstate(all="ignore"):
-                    risk = np.abs(ev.entry - ev.stop)
-                    rr = np.where(risk > 0, np.abs(ev.target - ev.entry) / np.where(risk > 0, risk, 1), 0.0)
-            on = zone > 0
-            if on.any():
-                checked = {**values, "confidence": confidence, "rr_ratio": rr, **ev.checks}
-                self._skip_non_finite(strategy, zone, on, checked)
+            if numbers is not None:
+                numbers.confidence = np.clip(np.broadcast_to(numbers.confidence, on.shape), 0.0, 1.0)
+                rr = _rr(numbers)
+                bad = self._non_finite(strategy, numbers, rr)
+                if bad is not None:
+                    zone[on[bad]] = -1
             st = self.state.strategy(strategy.name)
             edges = rising_edges(zone, groups, st, strategy.initial)
             if len(edges) == 0:
                 return None
-            candidates = np.sort(groups.order[edges])
-            rows = self._admit(strategy, st, candidates, sym_ids, ts, days, zone)
-            if len(rows) == 0:
+            edges.sort()
+            rows = self._admit(strategy, st, edges, sym_ids, ts, days, zone)
+            if len(rows) == 0 or numbers is None:
                 return None
+            at = np.searchsorted(on, rows)  # fired rows are on-rows
             symbols = [self.state.symbols[s] for s in sym_ids[rows].tolist()]
             messages = ev.message(rows, symbols)
         except Exception as err:  # a strategy's failure must not stop the others (the seed's try/except)
             self.stats["strategy errors"] += 1
             self._once(
                 (strategy.name, "error"),
-                f"strategy {strategy.name} failed on a batch ({type(err).__name__}: {err}); it skips that "
-                "batch and the other strategies go on (later failures are only counted)",
+                lambda e=err: (  # type: ignore[misc]
+                    f"strategy {strategy.name} failed on a batch ({type(e).__name__}: {e}); it "
+                    "skips that batch and the other strategies go on (later failures are only counted)"
+                ),
             )
             return None
 
-        def at(values: np.ndarray | None) -> np.ndarray | None:
-            return None if values is None else np.asarray(values)[rows]
+        def pick(values: np.ndarray | None) -> np.ndarray | None:
+            return None if values is None else values[at]
 
-        return Accepted(
-            index,
-            rows,
-            zone[rows],
-            at(ev.entry),
-            at(ev.stop),
-            at(ev.target),
-            confidence[rows],
-            at(rr),
-            messages,
+        picked = Numbers(
+            pick(numbers.entry), pick(numbers.stop), pick(numbers.target), numbers.confidence[at]
         )
+        return Accepted(index, rows, zone[rows], picked, pick(rr), messages)
 
-    def _skip_non_finite(
-        self, strategy: Strategy, zone: np.ndarray, on: np.ndarray, values: dict[str, np.ndarray | None]
-    ) -> None:
-        bad_total = np.zeros(len(zone), dtype=bool)
-        first_bad = ""
-        for name, array in values.items():
-            if array is None:
+    def _non_finite(self, strategy: Strategy, numbers: Numbers, rr: np.ndarray | None) -> np.ndarray | None:
+        """Rows (positions in ``numbers``) with a NaN/inf number, reported once; None if none."""
+        named = {
+            "entry_price": numbers.entry,
+            "stop_loss": numbers.stop,
+            "target": numbers.target,
+            "confidence": numbers.confidence,
+            "rr_ratio": rr,
+            **numbers.checks,
+        }
+        bad: np.ndarray | None = None
+        first = ""
+        for name, values in named.items():
+            if values is None:
                 continue
-            bad = on & ~np.isfinite(array)
-            if bad.any():
-                bad_total |= bad
-                first_bad = first_bad or name
-        count = int(bad_total.sum())
-        if count:
-            zone[bad_total] = -1
-            self.stats["non-finite"] += count
-            self._once(
-                (strategy.name, "non-finite"),
-                f"strategy {strategy.name}: {count} record(s) gave a non-finite {first_bad} (NaN or inf) and "
-                "were skipped (later ones are only counted in the summary)",
-            )
+            wrong = ~np.isfinite(values)
+            if wrong.any():
+                bad = wrong if bad is None else bad | wrong
+                first = first or name
+        if bad is None:
+            return None
+        count = int(bad.sum())
+        self.stats["non-finite"] += count
+        self._once(
+            (strategy.name, "non-finite"),
+            lambda: (
+                f"strategy {strategy.name}: {count} record(s) gave a non-finite {first} (NaN or inf) "
+                "and were skipped (later ones are only counted in the summary)"
+            ),
+        )
+        return bad
 
     def _admit(
         self,
@@ -604,42 +630,58 @@ class Screener:
         sids = sym_ids[candidates]
         times = ts[candidates]
         last = st.fired[sids]
-        fresh = last == NEVER
         with np.errstate(over="ignore"):
-            clear = fresh | ((times > last) & (times - last >= cooldown))
-        self.stats["in cooldown"] += int((~clear).sum())
-        keep: list[int] = []
+            clear = (last == NEVER) | ((times > last) & (times - last >= cooldown))
+        held = len(clear) - int(clear.sum())
+        if held:
+            self.stats["in cooldown"] += held
+            candidates, sids, times = candidates[clear], sids[clear], times[clear]
+        cand_days = days[candidates]
         counts = st.counts
-        for row, sid, t, day, z in zip(
-            candidates[clear].tolist(),
-            sids[clear].tolist(),
-            times[clear].tolist(),
-            days[candidates[clear]].tolist(),
-            zone[candidates[clear]].tolist(),
-            strict=True,
+        if limit:  # days already at their limit drop their candidates in one go
+            full = [d for d in np.unique(cand_days).tolist() if counts.get(d, 0) >= limit]
+            if full:
+                over = np.isin(cand_days, full)
+                self._over_limit(strategy, int(over.sum()), full[0])
+                keep_mask = ~over
+                candidates, sids, times, cand_days = (
+                    candidates[keep_mask],
+                    sids[keep_mask],
+                    times[keep_mask],
+                    cand_days[keep_mask],
+                )
+        keep: list[int] = []
+        fired = st.fired
+        for row, sid, t, day in zip(
+            candidates.tolist(), sids.tolist(), times.tolist(), cand_days.tolist(), strict=True
         ):
-            previous = int(st.fired[sid])
+            previous = int(fired[sid])
             if previous != NEVER and (t <= previous or t - previous < cooldown):
                 self.stats["in cooldown"] += 1  # an earlier signal in this batch started the cooldown
                 continue
             if limit and counts.get(day, 0) >= limit:
-                self.stats["over daily limit"] += 1
-                self._once(
-                    (strategy.name, f"limit {day}"),
-                    f"strategy {strategy.name} reached its limit of {limit} signals for {day_text(day)}; "
-                    "later ones that day are dropped (counted in the summary)",
-                )
+                self._over_limit(strategy, 1, day)
                 continue
-            st.fired[sid] = t
+            fired[sid] = t
             counts[day] = counts.get(day, 0) + 1
             self.state.fire_seq += 1
             self.state.pending.append(
-                Fire(self.state.fire_seq, strategy.name, self.state.symbols[sid], t, day, z)
+                Fire(self.state.fire_seq, strategy.name, self.state.symbols[sid], t, day, int(zone[row]))
             )
             keep.append(row)
         st.prune_counts()
         self.stats["signals"] += len(keep)
         return np.array(keep, dtype=np.int64)
+
+    def _over_limit(self, strategy: Strategy, count: int, day: int) -> None:
+        self.stats["over daily limit"] += count
+        self._once(
+            (strategy.name, f"limit {day}"),
+            lambda: (
+                f"strategy {strategy.name} reached its limit of {strategy.max_per_day} signals for "
+                f"{day_text(day)}; later ones that day are dropped (counted in the summary)"
+            ),
+        )
 
     # -- output -------------------------------------------------------------------------------
     def _build(
@@ -660,9 +702,7 @@ class Screener:
             for a in accepted:
                 values = pick(a)
                 missing = values is None
-                parts.append(
-                    np.full(len(a.rows), np.nan) if missing else np.asarray(values, dtype=np.float64)
-                )
+                parts.append(np.full(len(a.rows), np.nan) if values is None else values.astype(np.float64))
                 masks.append(np.full(len(a.rows), missing))
             return from_numpy(np.concatenate(parts)[order], mask=np.concatenate(masks)[order])
 
@@ -678,10 +718,10 @@ class Screener:
             "strategy": self._names.take(pa.array(strat, type=pa.int64())),
             "side": self._sides.take(pa.array(zone_index, type=pa.int64())),
             "signal_type": self._types.take(pa.array(zone_index, type=pa.int64())),
-            "confidence": numbers(lambda a: a.confidence),
-            "entry_price": numbers(lambda a: a.entry),
-            "stop_loss": numbers(lambda a: a.stop),
-            "target": numbers(lambda a: a.target),
+            "confidence": numbers(lambda a: a.numbers.confidence),
+            "entry_price": numbers(lambda a: a.numbers.entry),
+            "stop_loss": numbers(lambda a: a.numbers.stop),
+            "target": numbers(lambda a: a.numbers.target),
             "rr_ratio": numbers(lambda a: a.rr),
             "message": pa.array([messages[i] for i in order.tolist()], type=STR),
         }
@@ -701,10 +741,11 @@ class Screener:
         return pa.record_batch(list(columns.values()), names=list(columns)), rows
 
     # -- diagnostics ----------------------------------------------------------------------
-    def _once(self, key: tuple[str, str], message: str) -> None:
+    def _once(self, key: tuple[str, str], message: str | Callable[[], str]) -> None:
+        """Warn once per key; a callable message is only built when it is shown."""
         if key not in self._warned:
             self._warned.add(key)
-            self.warn(message)
+            self.warn(message if isinstance(message, str) else message())
 
     def _check_columns(self, final: bool = False) -> None:
         if not final and self.screened_rows < WARN_AFTER_ROWS:
@@ -727,6 +768,16 @@ class Screener:
     def summary(self) -> dict[str, int]:
         """The counters worth showing in the closing line: signals always, the rest when not 0."""
         return {k: v for k, v in self.stats.items() if v or k == "signals"}
+
+
+def _rr(numbers: Numbers) -> np.ndarray | None:
+    """|target - entry| / |entry - stop|, 0 when there is no risk (the design document's R/R)."""
+    if numbers.entry is None or numbers.stop is None or numbers.target is None:
+        return None
+    with np.errstate(all="ignore"):
+        risk = np.abs(numbers.entry - numbers.stop)
+        reward = np.abs(numbers.target - numbers.entry)
+        return np.where(risk > 0, reward / np.where(risk > 0, risk, 1.0), 0.0)  # type: ignore[no-any-return]
 
 
 def _in_set(col: pa.Array, values: Sequence[str] | pa.Array) -> np.ndarray:

@@ -40,18 +40,29 @@ class Zone:
 
 
 @dataclass
-class Evaluation:
-    """A strategy's verdict on every row of a batch, and the numbers of the signal it would give."""
+class Numbers:
+    """The numbers of the signals at some rows: arrays aligned with those rows."""
 
-    zone: np.ndarray  # int8 per row: -1 cannot tell, 0 off, k on (variant k)
     entry: np.ndarray | None
     stop: np.ndarray | None
     target: np.ndarray | None
     confidence: np.ndarray
+    # other numbers a signal shows (in its message): a row where one is NaN/inf is skipped too
+    checks: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+@dataclass
+class Evaluation:
+    """A strategy's verdict on every row of a batch, and how to price the rows that fire.
+
+    The zone is computed for every row; numbers and messages only for the few rows that are on
+    (``numbers``) or actually fire (``message``), which keeps the per-batch cost in the zone.
+    """
+
+    zone: np.ndarray  # int8 per row: -1 cannot tell, 0 off, k on (variant k)
+    numbers: Callable[[np.ndarray], Numbers]  # rows -> the numbers of signals at those rows
     # message(rows, symbols) -> one text per fired row (rows index the batch, symbols are theirs)
     message: Callable[[np.ndarray, list[str]], list[str]]
-    # other numbers a signal shows (in its message): an on-row where one is NaN/inf is skipped too
-    checks: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 @dataclass

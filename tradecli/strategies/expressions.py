@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from tradecli.strategies import COMMON_KEYS, Evaluation, Strategy, Zone
+from tradecli.strategies import COMMON_KEYS, Evaluation, Numbers, Strategy, Zone
 
 if TYPE_CHECKING:
     import numpy as np
@@ -144,15 +144,21 @@ class Expression:
     columns: tuple[str, ...]  # columns it reads, in order of first use
     params: tuple[str, ...] = ()  # parameters it reads
 
-    def evaluate(self, cols: Columns, params: Mapping[str, float]) -> np.ndarray:
+    def evaluate(
+        self, cols: Columns, params: Mapping[str, float], rows: np.ndarray | None = None
+    ) -> np.ndarray:
+        """The value for every row of the batch, or for ``rows`` only."""
         import numexpr
         import numpy as np
 
-        local: dict[str, Any] = {name: cols.values(name) for name in self.columns}
+        if rows is None:
+            local: dict[str, Any] = {name: cols.values(name) for name in self.columns}
+        else:
+            local = {name: cols.values(name)[rows] for name in self.columns}
         local.update({name: params[name] for name in self.params})
         with np.errstate(all="ignore"):
             result = numexpr.evaluate(self.source, local_dict=local, global_dict={})
-        return np.broadcast_to(np.asarray(result), (cols.n,))
+        return np.broadcast_to(np.asarray(result), (cols.n if rows is None else len(rows),))
 
 
 class _Checker(ast.NodeTransformer):
@@ -475,50 +481,48 @@ class UserSpec:
         def evaluate(cols: Columns) -> Evaluation:
             import numpy as np
 
-            condition = spec.where.evaluate(cols, values)
-            zone = condition.astype(np.int8)
+            zone = spec.where.evaluate(cols, values).astype(np.int8)
 
-            def number(expr: Expression | None) -> np.ndarray | None:
-                if expr is None:
-                    return None
-                return np.asarray(expr.evaluate(cols, values), dtype=np.float64)
+            def numbers(rows: np.ndarray) -> Numbers:
+                def number(expr: Expression | None) -> np.ndarray | None:
+                    if expr is None:
+                        return None
+                    return np.asarray(expr.evaluate(cols, values, rows), dtype=np.float64)
 
-            entry = number(spec.entry)
-            stop = number(spec.stop)
-            target = number(spec.target)
-            confidence = number(spec.confidence)
-            if confidence is None:
-                confidence = np.full(cols.n, 0.5)  # the design document's default confidence
+                confidence = number(spec.confidence)
+                if confidence is None:
+                    confidence = np.full(len(rows), 0.5)  # the design document's default
+                return Numbers(number(spec.entry), number(spec.stop), number(spec.target), confidence)
 
             def message(rows: np.ndarray, symbols: list[str]) -> list[str]:
                 template = spec.message
                 if template is None:
                     return [f"{spec.name} signal on {symbol}" for symbol in symbols]
                 found = {name: cols.pylist(name, rows) for name in template.columns}
+                at = numbers(rows)
 
-                def pick(values_: np.ndarray | None) -> list[Any]:
-                    return [None] * len(rows) if values_ is None else np.asarray(values_)[rows].tolist()
+                def listed(array: np.ndarray | None) -> list[Any]:
+                    return [None] * len(rows) if array is None else array.tolist()
 
                 fixed = {
-                    "entry_price": pick(entry),
-                    "stop_loss": pick(stop),
-                    "target": pick(target),
-                    "confidence": np.clip(np.asarray(confidence)[rows], 0.0, 1.0).tolist(),
+                    "entry_price": listed(at.entry),
+                    "stop_loss": listed(at.stop),
+                    "target": listed(at.target),
+                    "confidence": np.clip(at.confidence, 0.0, 1.0).tolist(),
                 }
                 out = []
                 for i, symbol in enumerate(symbols):
-                    row = {name: found_values[i] for name, found_values in found.items()}
+                    row = {name: column[i] for name, column in found.items()}
                     row.update({name: column[i] for name, column in fixed.items()})
                     row.update(values)
-                    e, s, t = row["entry_price"], row["stop_loss"], row["target"]
-                    row["rr_ratio"] = _rr(e, s, t)
+                    row["rr_ratio"] = _rr(row["entry_price"], row["stop_loss"], row["target"])
                     row.update(
                         symbol=symbol, strategy=spec.name, side=spec.side, signal_type=spec.signal_type
                     )
                     out.append(template.render(row))
                 return out
 
-            return Evaluation(zone, entry, stop, target, confidence, message)
+            return Evaluation(zone, numbers, message)
 
         return Strategy(
             name=self.name,

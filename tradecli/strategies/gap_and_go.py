@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from tradecli.strategies import Evaluation, Strategy, Zone
+from tradecli.strategies import Evaluation, Numbers, Strategy, Zone
 
 if TYPE_CHECKING:
     import numpy as np
@@ -60,27 +60,32 @@ def build(params: dict[str, float]) -> Strategy:
         vwap = cols.values("vwap")
         has_vwap = cols.valid("vwap")
         has_ratio = cols.valid("volume_ratio")
-        ratio = np.where(has_ratio, cols.values("volume_ratio"), 1.0)
+        ratio = cols.values("volume_ratio")
         with np.errstate(all="ignore"):
             gap = (price - prev_close) / prev_close
             # the original's tests: `if gap < min: return None`, so a NaN passes each of them
-            on = ~(gap < min_gap) & ~(ratio < min_ratio) & ~(price < np.where(has_vwap, vwap, price))
-            scaled = gap / full_gap
-            confidence = np.where(scaled < max_conf, scaled, max_conf)  # Python's min(max, x)
-            stop = vwap * stop_factor
-            target = price * target_factor
+            on = ~(gap < min_gap)
+            on &= ~(np.where(has_ratio, ratio, 1.0) < min_ratio)
+            on &= ~(price < np.where(has_vwap, vwap, price))
         # the original raised ZeroDivisionError on a zero prev_close (which readers reject anyway)
         zone = np.where(prev_close != 0, on, -1).astype(np.int8)
-        # the original printed .get('volume_ratio', 0): a missing ratio reads 0.0x in the message
-        shown_ratio = np.where(has_ratio, cols.values("volume_ratio"), 0.0)
+
+        def numbers(rows: np.ndarray) -> Numbers:
+            p, g = price[rows], gap[rows]
+            with np.errstate(all="ignore"):
+                scaled = g / full_gap
+                confidence = np.where(scaled < max_conf, scaled, max_conf)  # Python's min(max, x)
+                return Numbers(p, vwap[rows] * stop_factor, p * target_factor, confidence, {"gap": g})
 
         def message(rows: np.ndarray, symbols: list[str]) -> list[str]:
+            # the original printed .get('volume_ratio', 0): a missing ratio reads 0.0x
+            shown = np.where(has_ratio[rows], ratio[rows], 0.0).tolist()
             return [
                 f"Gap & Go: {symbol} gapped {g:.1%} with {r:.1f}x volume"
-                for symbol, g, r in zip(symbols, gap[rows].tolist(), shown_ratio[rows].tolist(), strict=True)
+                for symbol, g, r in zip(symbols, gap[rows].tolist(), shown, strict=True)
             ]
 
-        return Evaluation(zone, price, stop, target, confidence, message, checks={"gap": gap})
+        return Evaluation(zone, numbers, message)
 
     return Strategy(
         name=NAME,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from tradecli.strategies import Evaluation, Strategy, Zone, fmt_price
+from tradecli.strategies import Evaluation, Numbers, Strategy, Zone, fmt_price
 
 if TYPE_CHECKING:
     import numpy as np
@@ -49,12 +49,16 @@ def build(params: dict[str, float]) -> Strategy:
         low = cols.values("day_low")
         ratio = cols.values("volume_ratio")
         with np.errstate(all="ignore"):
-            day_range = (high - low) / low
-            on = (price >= high) & (day_range >= min_range) & (ratio >= min_ratio)
-            confidence = np.minimum(max_conf, 0.5 * ratio / min_ratio)
-            stop = price * (1.0 - stop_pct)
-            target = price + reward_risk * (price - stop)
+            on = (price >= high) & (ratio >= min_ratio) & ((high - low) / low >= min_range)
         zone = on.astype(np.int8)
+
+        def numbers(rows: np.ndarray) -> Numbers:
+            p = price[rows]
+            with np.errstate(all="ignore"):
+                stop = p * (1.0 - stop_pct)
+                target = p + reward_risk * (p - stop)
+                confidence = np.minimum(max_conf, 0.5 * ratio[rows] / min_ratio)
+            return Numbers(p, stop, target, confidence)
 
         def message(rows: np.ndarray, symbols: list[str]) -> list[str]:
             return [
@@ -62,7 +66,7 @@ def build(params: dict[str, float]) -> Strategy:
                 for symbol, p, r in zip(symbols, price[rows].tolist(), ratio[rows].tolist(), strict=True)
             ]
 
-        return Evaluation(zone, price, stop, target, confidence, message)
+        return Evaluation(zone, numbers, message)
 
     return Strategy(
         name=NAME,

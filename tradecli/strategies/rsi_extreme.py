@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from tradecli.strategies import Evaluation, Strategy, Zone, fmt_price
+from tradecli.strategies import Evaluation, Numbers, Strategy, Zone, fmt_price
 
 if TYPE_CHECKING:
     import numpy as np
@@ -47,16 +47,23 @@ def build(params: dict[str, float]) -> Strategy:
 
         price = cols.values("price")
         rsi = cols.values(column)
-        low = rsi <= oversold
-        high = (rsi >= overbought) & ~low
-        zone = np.where(low, 1, np.where(high, 2, 0)).astype(np.int8)
-        with np.errstate(all="ignore"):
-            risk = price * stop_pct
-            stop = np.where(high, price + risk, price - risk)
-            target = np.where(high, price - reward_risk * risk, price + reward_risk * risk)
-            long_conf = 0.5 + 0.5 * (oversold - rsi) / oversold
-            short_conf = 0.5 + 0.5 * (rsi - overbought) / (100.0 - overbought)
-            confidence = np.minimum(max_conf, np.where(high, short_conf, long_conf))
+        with np.errstate(invalid="ignore"):
+            low = rsi <= oversold
+            high = rsi >= overbought
+        zone = high.astype(np.int8)
+        zone += zone  # 2 = overbought
+        zone[low] = 1  # oversold wins if both thresholds are crossed at once
+
+        def numbers(rows: np.ndarray) -> Numbers:
+            p, r, short = price[rows], rsi[rows], zone[rows] == 2
+            with np.errstate(all="ignore"):
+                risk = p * stop_pct
+                stop = np.where(short, p + risk, p - risk)
+                target = np.where(short, p - reward_risk * risk, p + reward_risk * risk)
+                long_conf = 0.5 + 0.5 * (oversold - r) / oversold
+                short_conf = 0.5 + 0.5 * (r - overbought) / (100.0 - overbought)
+                confidence = np.minimum(max_conf, np.where(short, short_conf, long_conf))
+            return Numbers(p, stop, target, confidence)
 
         def message(rows: np.ndarray, symbols: list[str]) -> list[str]:
             out = []
@@ -69,7 +76,7 @@ def build(params: dict[str, float]) -> Strategy:
                 )
             return out
 
-        return Evaluation(zone, price, stop, target, confidence, message)
+        return Evaluation(zone, numbers, message)
 
     return Strategy(
         name=NAME,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from tradecli.strategies import Evaluation, Strategy, Zone, fmt_price
+from tradecli.strategies import Evaluation, Numbers, Strategy, Zone, fmt_price
 
 if TYPE_CHECKING:
     import numpy as np
@@ -52,12 +52,19 @@ def build(params: dict[str, float]) -> Strategy:
             ratio = volume / average
             spike = (ratio >= min_ratio) & (volume >= min_volume)
             down = price < vwap
-            risk = price * stop_pct
-            stop = np.where(down, price + risk, price - risk)
-            target = np.where(down, price - reward_risk * risk, price + reward_risk * risk)
-            confidence = np.minimum(max_conf, 0.5 * ratio / min_ratio)
-        zone = np.where(spike, np.where(down, 2, 1), 0)
-        zone = np.where(average > 0, zone, -1).astype(np.int8)
+            unknown = ~(average > 0)
+        zone = spike.astype(np.int8)
+        zone[spike & down] = 2
+        zone[unknown] = -1
+
+        def numbers(rows: np.ndarray) -> Numbers:
+            p, short = price[rows], down[rows]
+            with np.errstate(all="ignore"):
+                risk = p * stop_pct
+                stop = np.where(short, p + risk, p - risk)
+                target = np.where(short, p - reward_risk * risk, p + reward_risk * risk)
+                confidence = np.minimum(max_conf, 0.5 * ratio[rows] / min_ratio)
+            return Numbers(p, stop, target, confidence)
 
         def message(rows: np.ndarray, symbols: list[str]) -> list[str]:
             out = []
@@ -76,7 +83,7 @@ def build(params: dict[str, float]) -> Strategy:
                 )
             return out
 
-        return Evaluation(zone, price, stop, target, confidence, message)
+        return Evaluation(zone, numbers, message)
 
     return Strategy(
         name=NAME,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from tradecli.strategies import Evaluation, Strategy, Zone, fmt_price
+from tradecli.strategies import Evaluation, Numbers, Strategy, Zone, fmt_price
 
 if TYPE_CHECKING:
     import numpy as np
@@ -47,10 +47,16 @@ def build(params: dict[str, float]) -> Strategy:
         with np.errstate(all="ignore"):
             above = price >= vwap * (1.0 + band)
             below = price < vwap * (1.0 - band)
-            stop = vwap * (1.0 - stop_pct)
-            target = price + reward_risk * (price - stop)
         # zone 1 above the band, 0 below it, and inside the band the zone holds (-1)
-        zone = np.where(above, 1, np.where(below, 0, -1)).astype(np.int8)
+        zone = above.astype(np.int8)
+        zone[~(above | below)] = -1
+
+        def numbers(rows: np.ndarray) -> Numbers:
+            p = price[rows]
+            with np.errstate(all="ignore"):
+                stop = vwap[rows] * (1.0 - stop_pct)
+                target = p + reward_risk * (p - stop)
+            return Numbers(p, stop, target, np.full(len(rows), confidence))
 
         def message(rows: np.ndarray, symbols: list[str]) -> list[str]:
             return [
@@ -58,7 +64,7 @@ def build(params: dict[str, float]) -> Strategy:
                 for symbol, p, v in zip(symbols, price[rows].tolist(), vwap[rows].tolist(), strict=True)
             ]
 
-        return Evaluation(zone, price, stop, target, np.full(len(price), confidence), message)
+        return Evaluation(zone, numbers, message)
 
     return Strategy(
         name=NAME,
