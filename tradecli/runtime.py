@@ -12,6 +12,7 @@ the exit codes of DESIGN.md section 5:
 from __future__ import annotations
 
 import os
+import select
 import signal
 import sys
 import time
@@ -41,16 +42,38 @@ class Stopper:
         self.signum: int | None = None
         self._blocking = 0
         self._previous: dict[int, Any] = {}
+        self._wakeup: tuple[int, int] | None = None  # (read end, write end)
+        self._previous_wakeup = -1
 
     def install(self) -> None:
         for signum in (signal.SIGINT, signal.SIGTERM):
             with suppress(ValueError):  # not the main thread (a core called from a thread)
                 self._previous[signum] = signal.signal(signum, self._handle)
+        if not self._previous:
+            return
+        # Python runs handlers in the main thread, but the kernel may hand the signal to any thread
+        # (numpy, Arrow and polars start their own); a read() blocked in the main thread would then
+        # never return. The interpreter writes to this pipe on every signal, so waits can see it.
+        read_end, write_end = os.pipe()
+        os.set_blocking(read_end, False)
+        os.set_blocking(write_end, False)
+        try:
+            self._previous_wakeup = signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
+        except ValueError:
+            os.close(read_end)
+            os.close(write_end)
+            return
+        self._wakeup = (read_end, write_end)
 
     def uninstall(self) -> None:
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
         self._previous.clear()
+        if self._wakeup is not None:
+            signal.set_wakeup_fd(self._previous_wakeup)
+            for fd in self._wakeup:
+                os.close(fd)
+            self._wakeup = None
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         first = self.signum is None
@@ -75,7 +98,32 @@ class Stopper:
     def sleep(self, seconds: float) -> None:
         if seconds > 0:
             with self.blocking():
-                time.sleep(seconds)
+                if self._wakeup is None:
+                    time.sleep(seconds)
+                    return
+                deadline = time.monotonic() + seconds
+                while (left := deadline - time.monotonic()) > 0:
+                    if select.select([self._wakeup[0]], [], [], left)[0]:
+                        self._woken()
+
+    def wait_readable(self, fd: int) -> None:
+        """Inside :meth:`blocking`: return when ``fd`` can be read; a signal stops the wait."""
+        if self._wakeup is None:
+            return
+        while True:
+            readable = select.select([fd, self._wakeup[0]], [], [])[0]
+            if self._wakeup[0] in readable:
+                self._woken()
+            if fd in readable:
+                return
+
+    def _woken(self) -> None:
+        """A signal arrived (on any thread): its Python handler runs now, in this thread."""
+        assert self._wakeup is not None
+        with suppress(BlockingIOError):
+            while os.read(self._wakeup[0], 64):
+                pass
+        self.check()
 
 
 @dataclass

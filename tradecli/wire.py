@@ -79,6 +79,8 @@ class Input:
     def _raw_read(self, size: int) -> bytes:
         if self.session is not None:
             with self.session.stopper.blocking():
+                if self._fd is not None:
+                    self.session.stopper.wait_readable(self._fd)
                 chunk = os.read(self._fd, size) if self._fd is not None else self._read_obj(size)
         else:
             chunk = os.read(self._fd, size) if self._fd is not None else self._read_obj(size)
