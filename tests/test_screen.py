@@ -671,6 +671,8 @@ def test_param_and_limit_overrides_change_the_signals(tmp_path: Path) -> None:
     assert symbols() == list("ABCDEF")
     assert symbols("-p", "gap_and_go.min_gap=0.15") == list("DEF")
     assert symbols("--max-per-day", "2") == list("AB")
+    assert symbols("--max-per-day", "0", "-p", "gap_and_go.max_per_day=1") == list("A")
+    assert symbols("-p", "gap_and_go.max_per_day=0", "--max-per-day", "1") == list("ABCDEF")
     assert symbols("--max-per-day", "2", "-p", "gap_and_go.max_per_day=4") == list("ABCD")
     assert symbols("--universe", "b,F") == list("BF")
     (tmp_path / "list.txt").write_text("# watchlist\nC\n e, A\n")
@@ -747,3 +749,36 @@ def test_numbers_of_a_custom_strategy_are_used_as_given() -> None:
     assert (
         signals[0]["rr_ratio"] == 3.0 and signals[0]["message"] == "hi ABC" and signals[0]["side"] == "short"
     )
+
+
+def test_a_strategy_failing_at_run_time_is_reported_once_from_the_command_line(tmp_path: Path) -> None:
+    """A declared column that arrives as text makes its strategy fail; Gap & Go goes on."""
+    (tmp_path / "rules.toml").write_text('columns = ["note"]\n[strategy.noted]\nwhere = "note > 1"\n')
+    records = [gapper(s, at("09:31", seconds=i), note="abc") for i, s in enumerate("AB")]
+    data = b"".join(orjson.dumps(r) + b"\n" for r in records)
+    args = ["screen", "--strategies", str(tmp_path / "rules.toml"), "--state-dir", str(tmp_path / "s")]
+    result = invoke([*args, "-s", "noted", "-s", "gap_and_go"], input=data)
+    assert result.exit_code == 0
+    assert [s["symbol"] for s in ndjson_records(result.stdout_bytes)] == ["A", "B"]
+    assert result.stderr.count("strategy noted failed on a batch (TypeError: column 'note' holds string") == 1
+
+
+# --- golden files: tests/golden/screen/<case>.in.ndjson (+ .args) -> <case>.out.ndjson ------------
+GOLDEN = Path(__file__).parent / "golden" / "screen"
+
+
+@pytest.mark.parametrize("case", sorted(p.name[: -len(".in.ndjson")] for p in GOLDEN.glob("*.in.ndjson")))
+def test_golden(case: str, tmp_path: Path) -> None:
+    """Set UPDATE_GOLDEN=1 to rewrite the expected output after a deliberate change."""
+    import shlex
+
+    args_file = GOLDEN / f"{case}.args"
+    args = shlex.split(args_file.read_text()) if args_file.exists() else []
+    result = invoke(
+        ["screen", *args, "--state-dir", str(tmp_path)], input=(GOLDEN / f"{case}.in.ndjson").read_bytes()
+    )
+    assert result.exit_code == 0, result.stderr
+    expected = GOLDEN / f"{case}.out.ndjson"
+    if os.environ.get("UPDATE_GOLDEN"):
+        expected.write_bytes(result.stdout_bytes)
+    assert result.stdout_bytes == expected.read_bytes()

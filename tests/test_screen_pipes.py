@@ -72,7 +72,8 @@ def test_sim_enrich_screen_finds_the_planted_gaps(tmp_path: Path, fmt: str) -> N
     signals = ndjson_records(out)
     assert {s["symbol"] for s in signals} == planted_gaps()
     assert all(s["strategy"] == "gap_and_go" and s["side"] == "long" for s in signals)
-    assert all(s["price"] >= 1.1 * s["prev_close"] and s["volume_ratio"] >= 3 for s in signals)
+    assert all((s["price"] - s["prev_close"]) / s["prev_close"] >= 0.1 for s in signals)
+    assert all(s["volume_ratio"] >= 3 and s["price"] >= s["vwap"] for s in signals)
 
 
 @pytest.fixture(scope="module")

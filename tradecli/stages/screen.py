@@ -21,8 +21,9 @@ Built-in strategies (``trade screen --list`` shows their parameters):
 {builtins}
 
 User strategies come from a TOML file (``--strategies FILE``), one ``[strategy.NAME]`` table
-each: ``where`` (a condition), ``side``, ``signal_type``, ``entry_price`` (default ``price``),
-``stop_loss``, ``target``, ``confidence`` (default 0.5; expressions or numbers), ``message`` (a
+each: ``where`` (a condition), ``side``, ``signal_type``, ``entry_price`` (default: the
+record's price, a bar's close or a quote's mid), ``stop_loss``, ``target``, ``confidence``
+(default 0.5; expressions or numbers), ``message`` (a
 template such as ``'{{symbol}} gapped {{gap_pct:.1%}}'``), ``cooldown``, ``max_per_day`` and
 ``params`` (named numbers the expressions may use, changeable with ``--param``). A
 ``[builtin.NAME]`` table sets a built-in's parameters, ``cooldown`` and ``max_per_day``; a

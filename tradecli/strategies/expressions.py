@@ -456,12 +456,16 @@ class UserSpec:
     def columns(self) -> tuple[str, ...]:
         exprs = [self.where, self.entry, self.stop, self.target, self.confidence]
         names = [c for e in exprs if e is not None for c in e.columns]
+        if self.entry is None:
+            names.append("price")  # the default entry
         if self.message is not None:
             names += list(self.message.columns)
         return tuple(dict.fromkeys(names))
 
     def describe(self) -> str:
         parts = [f"where {self.where.text}"]
+        if self.entry is None:
+            parts.append("entry_price = the record's price")
         for label, expr in (
             ("entry_price", self.entry),
             ("stop_loss", self.stop),
@@ -492,7 +496,8 @@ class UserSpec:
                 confidence = number(spec.confidence)
                 if confidence is None:
                     confidence = np.full(len(rows), 0.5)  # the design document's default
-                return Numbers(number(spec.entry), number(spec.stop), number(spec.target), confidence)
+                entry = number(spec.entry) if spec.entry is not None else record_price(cols, rows)
+                return Numbers(entry, number(spec.stop), number(spec.target), confidence)
 
             def message(rows: np.ndarray, symbols: list[str]) -> list[str]:
                 template = spec.message
@@ -537,6 +542,21 @@ class UserSpec:
         )
 
 
+def record_price(cols: Columns, rows: np.ndarray) -> np.ndarray:
+    """The default entry: the record's price - a trade's price, a bar's close, a quote's mid."""
+    import numpy as np
+
+    price: np.ndarray = cols.values("price")[rows]
+    known = cols.valid("price")[rows]
+    if known.all():
+        return price
+    with np.errstate(all="ignore"):
+        mid = (cols.values("bid")[rows] + cols.values("ask")[rows]) / 2
+    if cols.has("mid"):
+        mid = np.where(cols.valid("mid")[rows], cols.values("mid")[rows], mid)
+    return np.where(known, price, mid)  # type: ignore[no-any-return]
+
+
 def _rr(entry: float | None, stop: float | None, target: float | None) -> float | None:
     if entry is None or stop is None or target is None:
         return None
@@ -557,11 +577,10 @@ def where_spec(
         where = parse_expression(text, kind="condition", is_column=is_column)
     except ExpressionError as err:
         raise ExpressionError(f"{text!r}: {err}") from None
-    entry = parse_expression("price", kind="number")
     message = parse_template(
         "{symbol} matched " + text.replace("{", "{{").replace("}", "}}"), is_column=is_column, params={}
     )
-    return UserSpec(name=name, where=where, side=side, signal_type=name, entry=entry, message=message)
+    return UserSpec(name=name, where=where, side=side, signal_type=name, message=message)
 
 
 @dataclass
@@ -678,7 +697,7 @@ def _user_spec(
         where=where,
         side=side,
         signal_type=signal_type,
-        entry=expr("entry_price", "number", "price"),
+        entry=expr("entry_price", "number"),
         stop=expr("stop_loss", "number"),
         target=expr("target", "number"),
         confidence=expr("confidence", "number"),
