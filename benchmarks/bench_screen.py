@@ -203,6 +203,7 @@ def run(bench: Bench) -> None:
         size = sum(p.stat().st_size for p in state.iterdir())
         result.note = f"input enriched by {how}; state on disk {size / 1e6:.2f} MB for {SYMBOLS:,} symbols"
     _core(bench, source, rules, n)
+    _reader(bench, source, n)
 
 
 def _core(bench: Bench, source: Path, rules: Path, n: int) -> None:
@@ -227,3 +228,19 @@ def _core(bench: Bench, source: Path, rules: Path, n: int) -> None:
         note=f"{screener.stats['signals']:,} signals; state in memory {state.nbytes() / 1e6:.2f} MB, "
         f"snapshot {len(state.snapshot()) / 1e6:.2f} MB",
     )
+
+
+def _reader(bench: Bench, source: Path, n: int) -> None:
+    """The shared wire reader alone on the same file: the floor under any stage's Arrow rate."""
+    from tradecli.log import Log
+    from tradecli.runtime import Session, Stopper
+    from tradecli.wire import ErrorSink, Input, RecordReader
+
+    session = Session("bench", Log("bench", quiet=True), Stopper())
+
+    def read() -> None:
+        with open(source, "rb") as handle:
+            for _ in RecordReader(Input(handle, session), ErrorSink(session)).batches():
+                pass
+
+    bench.in_process("screen", "wire reader alone, same Arrow file (in-process)", n, read)

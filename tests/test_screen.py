@@ -782,3 +782,31 @@ def test_golden(case: str, tmp_path: Path) -> None:
     if os.environ.get("UPDATE_GOLDEN"):
         expected.write_bytes(result.stdout_bytes)
     assert result.stdout_bytes == expected.read_bytes()
+
+
+def test_columns_read_arrow_buffers_with_offsets_and_nulls() -> None:
+    from tradecli.screener import Columns
+
+    batch = pa.record_batch(
+        {
+            "f": pa.array([1.5, None, 3.5, 4.5, None]),
+            "i": pa.array([1, 2, None, 4, 5], type=pa.int64()),
+            "h": pa.array([1, 2, 3, 4, 5], type=pa.int32()),
+            "b": pa.array([True, None, False, True, True]),
+            "s": pa.array(["a", "b", "c", "d", "e"]),
+            "close": pa.array([None, 7.0, None, None, 9.0]),
+            "price": pa.array([1.0, None, None, 2.0, None]),
+        }
+    ).slice(1, 4)
+    cols = Columns(batch)
+    assert np.array_equal(cols.values("f"), [np.nan, 3.5, 4.5, np.nan], equal_nan=True)
+    assert cols.valid("f").tolist() == [False, True, True, False]
+    assert np.array_equal(cols.values("i"), [2.0, np.nan, 4.0, 5.0], equal_nan=True)
+    assert cols.values("h").tolist() == [2.0, 3.0, 4.0, 5.0] and cols.valid("h").all()
+    assert np.array_equal(cols.values("b"), [np.nan, 0.0, 1.0, 1.0], equal_nan=True)
+    assert np.array_equal(cols.values("price"), [7.0, np.nan, 2.0, 9.0], equal_nan=True)
+    assert cols.valid("price").tolist() == [True, False, True, True]
+    assert cols.pylist("i", np.array([0, 1])) == [2, None]
+    assert not cols.valid("nope").any() and cols.missing_any(("f", "i")).tolist() == [True, True, False, True]
+    with pytest.raises(TypeError, match="column 's' holds string"):
+        cols.values("s")

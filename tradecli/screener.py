@@ -99,6 +99,7 @@ class Columns:
         self._values: dict[str, np.ndarray] = {}
         self._valid: dict[str, np.ndarray] = {}
         self._missing: dict[tuple[str, ...], np.ndarray | None] = {}
+        self._all_valid: np.ndarray | None = None
 
     def has(self, name: str) -> bool:
         if name == "price":
@@ -120,14 +121,22 @@ class Columns:
             return np.full(self.n, np.nan), np.zeros(self.n, dtype=bool)
         col = self.batch.column(name)
         t = col.type
-        if not (pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t)):
-            raise TypeError(f"column {name!r} holds {t}, not numbers")
         if pa.types.is_boolean(t):
-            col = col.cast(pa.float64())
-        values = np.asarray(col.to_numpy(zero_copy_only=False), dtype=np.float64)
+            col, t = col.cast(pa.float64()), pa.float64()
+        if not (pa.types.is_integer(t) or pa.types.is_floating(t)):
+            raise TypeError(f"column {name!r} holds {t}, not numbers")
+        # straight from the Arrow buffers: several times faster than to_numpy() with nulls
+        validity, data = col.buffers()[:2]
+        start, n = col.offset, len(col)
+        raw = np.frombuffer(data, dtype=np.dtype(t.to_pandas_dtype()), count=start + n)[start:]
+        values = raw.astype(np.float64, copy=False)
         if col.null_count == 0:
-            return values, np.ones(self.n, dtype=bool)
-        return values, np.asarray(col.is_valid().to_numpy(zero_copy_only=False))
+            if self._all_valid is None:
+                self._all_valid = np.ones(n, dtype=bool)
+            return values, self._all_valid
+        bits = np.frombuffer(validity, dtype=np.uint8)
+        valid = np.unpackbits(bits, count=start + n, bitorder="little")[start:].view(bool)
+        return np.where(valid, values, np.nan), valid
 
     def values(self, name: str) -> np.ndarray:
         if name not in self._values:
