@@ -54,7 +54,7 @@ count. One screen per state directory.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -291,7 +291,7 @@ def screen(
     state: ScreenState | None = None,
     universe: Iterable[str] | None = None,
     pass_through: bool = False,
-    warn: Any = None,
+    warn: Callable[[str], None] | None = None,
 ) -> Iterator[pa.RecordBatch]:
     """Signal record batches for enriched record batches (every built-in when no strategies given).
 
@@ -343,6 +343,13 @@ def list_strategies(strategies: Sequence[Strategy], specs: dict[str, UserSpec]) 
 
 def _plain(value: float) -> str:
     return str(value) if isinstance(value, int) else repr(float(value))
+
+
+def _option_duration(text: str, option: str) -> float:
+    try:
+        return parse_duration(text)
+    except typer.BadParameter as err:
+        raise typer.BadParameter(str(err.message), param_hint=option) from None
 
 
 def _usage(err: ConfigError) -> typer.BadParameter:
@@ -446,10 +453,10 @@ def command(
         where=list(where or []),
         side=side.value,
         params=list(param or []),
-        cooldown=parse_duration(cooldown) if cooldown is not None else None,
+        cooldown=_option_duration(cooldown, "--cooldown") if cooldown is not None else None,
         max_per_day=max_per_day,
     )
-    interval = parse_duration(checkpoint)
+    interval = _option_duration(checkpoint, "--checkpoint")
     try:
         strategies = configure(options)
         symbols = read_universe(universe) if universe is not None else None
