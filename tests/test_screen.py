@@ -810,3 +810,14 @@ def test_columns_read_arrow_buffers_with_offsets_and_nulls() -> None:
     assert not cols.valid("nope").any() and cols.missing_any(("f", "i")).tolist() == [True, True, False, True]
     with pytest.raises(TypeError, match="column 's' holds string"):
         cols.values("s")
+
+
+def test_a_new_where_expression_starts_with_a_clean_state(tmp_path: Path) -> None:
+    data = to_ndjson([records_batch([gapper("ABC", at("09:31"), rsi_14=20.0)])])
+    state = ["--state-dir", str(tmp_path)]
+    first = invoke(["screen", "--where", "rsi_14 < 25", *state], input=data)
+    same = invoke(["screen", "--where", "rsi_14 < 25", *state], input=data)
+    other = invoke(["screen", "--where", "rsi_14 < 30", *state], input=data)
+    assert [len(ndjson_records(r.stdout_bytes)) for r in (first, same, other)] == [1, 0, 1]
+    keys = orjson.loads((tmp_path / StateFiles.SNAPSHOT).read_bytes())["strategies"]
+    assert sorted(k.split("#")[0] for k in keys) == ["where", "where"]

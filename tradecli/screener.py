@@ -561,7 +561,7 @@ class Screener:
                 bad = self._non_finite(strategy, numbers, rr)
                 if bad is not None:
                     zone[on[bad]] = -1
-            st = self.state.strategy(strategy.name)
+            st = self.state.strategy(strategy.key)
             edges = rising_edges(zone, groups, st, strategy.initial)
             if len(edges) == 0:
                 return None
@@ -675,7 +675,7 @@ class Screener:
             counts[day] = counts.get(day, 0) + 1
             self.state.fire_seq += 1
             self.state.pending.append(
-                Fire(self.state.fire_seq, strategy.name, self.state.symbols[sid], t, day, int(zone[row]))
+                Fire(self.state.fire_seq, strategy.key, self.state.symbols[sid], t, day, int(zone[row]))
             )
             keep.append(row)
         st.prune_counts()

@@ -53,6 +53,7 @@ count. One screen per state directory.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -243,6 +244,9 @@ def configure(options: ScreenOptions) -> list[Strategy]:
                 known = ", ".join([*spec.params, *COMMON_KEYS])
                 raise ConfigError(f"{name} has no parameter {unknown_keys[0]!r} (it has: {known})", "--param")
             strategy = spec.build({k: _number(v, name, k) for k, v in cli_params.items()})
+            if name in where_names:  # an ad hoc screen: a new expression starts with a clean slate
+                digest = hashlib.sha256(spec.where.text.encode()).hexdigest()[:12]
+                strategy.state_key = f"{name}#{digest}"
         strategy.cooldown = cooldown
         strategy.max_per_day = max_per_day
         strategies.append(strategy)

@@ -79,6 +79,11 @@ class Strategy:
     initial: int = 0  # the zone assumed before a symbol's first judged record of a day
     params: dict[str, float] = field(default_factory=dict)
     builtin: bool = False
+    state_key: str = ""  # where its state is kept; the name unless set (--where keys by expression)
+
+    @property
+    def key(self) -> str:
+        return self.state_key or self.name
 
 
 def builtin_module(name: str) -> ModuleType:
