@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import signal
+import subprocess
+
 import orjson
-from conftest import ROOT, invoke, ndjson_records, run_trade, sim_args
+import pytest
+from conftest import ROOT, child_env, invoke, ndjson_records, run_trade, sim_args, trade_argv
 
 from tradecli import __version__
 
@@ -77,3 +81,27 @@ def test_readme_quick_start_is_two_commands() -> None:
     quick = readme.split("## Quick start", 1)[1].split("##", 1)[0]
     commands = [line.strip() for line in quick.splitlines() if line.strip().startswith("scripts/")]
     assert commands == ["scripts/demo", "scripts/test"]
+
+
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_signal_stops_a_stage_waiting_for_input(signum: int, code: int) -> None:
+    """However the kernel picks the thread that takes the signal, a stage blocked on stdin stops."""
+    proc = subprocess.Popen(
+        trade_argv("ingest", "--source", "file", "-"),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=child_env(),
+    )
+    assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+    proc.stdin.write(b'{"type":"trade","symbol":"ABC","timestamp":1795185060000000000,"price":1.5}\n')
+    proc.stdin.flush()
+    assert orjson.loads(proc.stdout.readline())["symbol"] == "ABC"  # running, now waiting for more
+    proc.send_signal(signum)
+    try:
+        assert proc.wait(timeout=20) == code
+    finally:
+        proc.kill()
+        proc.stdin.close()
+    errors = proc.stderr.read()
+    assert b"Traceback" not in errors and b"1 in, 1 out" in errors

@@ -12,6 +12,8 @@ the exit codes of DESIGN.md section 5:
 from __future__ import annotations
 
 import os
+import queue
+import select
 import signal
 import sys
 import threading
@@ -42,16 +44,38 @@ class Stopper:
         self.signum: int | None = None
         self._blocking = 0
         self._previous: dict[int, Any] = {}
+        self._wakeup: tuple[int, int] | None = None  # (read end, write end)
+        self._previous_wakeup = -1
 
     def install(self) -> None:
         for signum in (signal.SIGINT, signal.SIGTERM):
             with suppress(ValueError):  # not the main thread (a core called from a thread)
                 self._previous[signum] = signal.signal(signum, self._handle)
+        if not self._previous:
+            return
+        # Python runs handlers in the main thread, but the kernel may hand the signal to any thread
+        # (numpy, Arrow and polars start their own); a read() blocked in the main thread would then
+        # never return. The interpreter writes to this pipe on every signal, so waits can see it.
+        read_end, write_end = os.pipe()
+        os.set_blocking(read_end, False)
+        os.set_blocking(write_end, False)
+        try:
+            self._previous_wakeup = signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
+        except ValueError:
+            os.close(read_end)
+            os.close(write_end)
+            return
+        self._wakeup = (read_end, write_end)
 
     def uninstall(self) -> None:
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
         self._previous.clear()
+        if self._wakeup is not None:
+            signal.set_wakeup_fd(self._previous_wakeup)
+            for fd in self._wakeup:
+                os.close(fd)
+            self._wakeup = None
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         first = self.signum is None
@@ -83,7 +107,49 @@ class Stopper:
     def sleep(self, seconds: float) -> None:
         if seconds > 0:
             with self.blocking():
-                time.sleep(seconds)
+                if self._wakeup is None:
+                    time.sleep(seconds)
+                    return
+                deadline = time.monotonic() + seconds
+                while (left := deadline - time.monotonic()) > 0:
+                    if select.select([self._wakeup[0]], [], [], left)[0]:
+                        self._woken()
+
+    def wait_readable(self, fd: int, timeout: float) -> bool:
+        """Inside :meth:`blocking`: whether ``fd`` became readable within ``timeout``; a signal
+        stops the wait. Off the main thread it only waits for ``fd`` (signals are not its business)."""
+        watch = [fd]
+        if self._wakeup is not None and threading.current_thread() is threading.main_thread():
+            watch.append(self._wakeup[0])
+        try:
+            readable = select.select(watch, [], [], timeout)[0]
+        except (OSError, ValueError):  # not selectable (a huge fd number): just read
+            return True
+        if len(watch) > 1 and watch[1] in readable:
+            self._woken()
+        return fd in readable
+
+    def wait_queue(self, handoff: queue.Queue[Any]) -> Any:
+        """The next item from a queue another thread fills; a signal stops the wait."""
+        with self.blocking():
+            while True:
+                try:
+                    return handoff.get(timeout=0.1)  # timeouts let the main thread run handlers
+                except queue.Empty:
+                    if self._wakeup is not None:
+                        self._drain_wakeup()
+                    self.check()
+
+    def _drain_wakeup(self) -> None:
+        assert self._wakeup is not None
+        with suppress(BlockingIOError):
+            while os.read(self._wakeup[0], 64):
+                pass
+
+    def _woken(self) -> None:
+        """A signal arrived (on any thread): its Python handler runs now, in this thread."""
+        self._drain_wakeup()
+        self.check()
 
 
 @dataclass

@@ -84,9 +84,12 @@ class Input:
         self._cancelled.set()
 
     def _wait_readable(self) -> None:
-        # select in short steps rather than one blocking read, so cancel() is seen: a thread
-        # must not be inside pyarrow's reader when the interpreter shuts down
-        while not self._ready(0.1):
+        # wait in short steps rather than in one blocking read, so cancel() is seen (a thread
+        # must not be inside pyarrow's reader when the interpreter shuts down) and so is a
+        # signal the kernel handed to another thread
+        assert self._fd is not None
+        stopper = self.session.stopper if self.session is not None else None
+        while not (stopper.wait_readable(self._fd, 0.1) if stopper else self._ready(0.1)):
             if self._cancelled.is_set():
                 raise ReadCancelled(self.name)
 
@@ -441,8 +444,7 @@ def _prefetched(
     session.on_close(stop)  # however the stage ends, even if this generator is never closed
     try:
         while True:
-            with session.stopper.blocking():
-                item = handoff.get()
+            item = session.stopper.wait_queue(handoff)
             if item is _END:
                 return
             if isinstance(item, BaseException):

@@ -4,7 +4,7 @@ A stage is added by writing ``tradecli/stages/<name>.py`` (a module docstring, a
 thin ``command``) and naming it here. The command name is the module name with ``-`` for ``_``.
 """
 
-STAGES: tuple[str, ...] = ("ingest", "enrich", "alert", "store")
+STAGES: tuple[str, ...] = ("ingest", "enrich", "screen", "alert", "store")
 
 
 def command_name(module: str) -> str:
