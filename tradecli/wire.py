@@ -237,6 +237,7 @@ class RecordReader:
         self._prepare = prepare or (lambda batch: batch)
         self.session = errors.session
         self.format: str | None = None
+        self.when_sniffed: list[Callable[[str], None]] = []  # told the input's format once known
         self._line = 1
         self._batch_no = 0
 
@@ -262,6 +263,8 @@ class RecordReader:
                 )
             if self.format is None:
                 self.format = kind
+                for listener in self.when_sniffed:
+                    listener(kind)
             if kind == "arrow":
                 if not (yield from self._arrow_stream()):
                     return
@@ -548,8 +551,19 @@ class RecordWriter:
         self._arrow: pa.ipc.RecordBatchStreamWriter | None = None
         self._schema: pa.Schema | None = None
         session.on_close(self.close)
-        if fmt != "arrow":
-            session.on_close(ndjson.warm_up())
+        self._warming = False
+        if fmt == "ndjson" or (fmt is None and like is None):
+            self._warm_up()
+        elif fmt is None and like is not None:  # NDJSON out if NDJSON comes in
+            listeners = getattr(like, "when_sniffed", None)
+            if listeners is not None:
+                listeners.append(lambda kind: self._warm_up() if kind == "ndjson" else None)
+
+    def _warm_up(self) -> None:
+        """Start importing the NDJSON encoder's library while the first batch is on its way."""
+        if not self._warming:
+            self._warming = True
+            self.session.on_close(ndjson.warm_up())
 
     @property
     def format(self) -> str:
