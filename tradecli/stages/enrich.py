@@ -281,8 +281,10 @@ def command(
     )
     every = parse_duration(checkpoint)
     with common.session() as session:
+        from tradecli.heap import keep_freed_memory
         from tradecli.indicators import IndicatorState
 
+        keep_freed_memory()
         engine = IndicatorState(spec)
 
         def count_symbols() -> None:

@@ -484,10 +484,12 @@ def run(
 ) -> None:
     import time
 
+    from tradecli.heap import keep_freed_memory
     from tradecli.screener import Screener, StateFiles
     from tradecli.state import state_dir as resolve_state_dir
 
     with common.session() as session:
+        keep_freed_memory()
         files = StateFiles(resolve_state_dir("screen", state_dir))
         files.lock()
         session.on_close(files.close)
