@@ -402,14 +402,21 @@ class SessionClock:
         """The session (local date of its start, as days since 1970) of each instant."""
         if ns.size == 0:
             return np.empty(0, dtype=np.int64)
+        one = self.single(ns)
+        if one is not None:
+            return np.full(ns.size, one, dtype=np.int64)
+        out: np.ndarray = np.searchsorted(self._bounds, ns, side="right") - 1 + self._first
+        return out.astype(np.int64)
+
+    def single(self, ns: np.ndarray) -> int | None:
+        """The session of every instant in ``ns`` when they all share one (the usual batch), else None."""
+        if ns.size == 0:
+            return None
         lo, hi = int(ns.min()), int(ns.max())
         self._cover(lo, hi)
         first = int(np.searchsorted(self._bounds, lo, side="right")) - 1
         last = int(np.searchsorted(self._bounds, hi, side="right")) - 1
-        if first == last:
-            return np.full(ns.size, self._first + first, dtype=np.int64)
-        out: np.ndarray = np.searchsorted(self._bounds, ns, side="right") - 1 + self._first
-        return out.astype(np.int64)
+        return self._first + first if first == last else None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -732,14 +739,20 @@ class IndicatorState:
             codes = self._series_codes(symbol.dictionary, indices, is_bar[rows])
             group = self._group(rows, codes, is_bar[rows])
             values, volumes, commit = self._compute(batch, group, price, close, bar_vwap)
-            everything = rows.size == n
-            for name, column in values.items():
-                full = np.empty(n) if everything else np.full(n, np.nan)
-                full[group.rows] = column
-                floats[name] = full
-            full = np.zeros(n, dtype=np.int64)
-            full[group.rows] = volumes
-            day_volume = from_numpy(full, mask=~updating)
+            if rows.size == n:  # every row updates: gather each column back through the inverse order
+                inverse = np.empty(n, dtype=np.int64)
+                inverse[group.rows] = np.arange(n)
+                for name, column in values.items():
+                    floats[name] = column[inverse]
+                day_volume = from_numpy(volumes[inverse])
+            else:
+                for name, column in values.items():
+                    full = np.full(n, np.nan)
+                    full[group.rows] = column
+                    floats[name] = full
+                full_volume = np.zeros(n, dtype=np.int64)
+                full_volume[group.rows] = volumes
+                day_volume = from_numpy(full_volume, mask=~updating)
             commit()
             # elementwise columns need no grouping: computed in the batch's own row order
             own = price if close is None else close if price is None else np.where(is_bar, close, price)
@@ -790,16 +803,18 @@ class IndicatorState:
             x = np.where(np.repeat(g.is_bar, lengths), close[rows], price[rows])
         vol = _ints(batch, "volume")[0][rows]
         position = np.repeat(g.seen, lengths) + g.rank  # of each row in its series
-        series_row = g.series[g.seg]
+        series_row = np.repeat(g.series, lengths)
         ring, volume_ring = self.shape.ring, self.shape.volume_ring
 
         def back(values: np.ndarray, saved: np.ndarray, size: int, width: int) -> np.ndarray:
-            """The value ``width`` records before each row: from this batch, else from the ring."""
-            out = np.zeros(total, dtype=values.dtype)
-            inside = np.flatnonzero(g.rank >= width)
-            out[inside] = values[inside - width]
-            outside = np.flatnonzero((g.rank < width) & (position >= width))
-            out[outside] = saved[series_row[outside], (position[outside] - width) % size]
+            """The value ``width`` records before each row: from this batch, else from the ring
+            (0 before the series' first record)."""
+            out = np.empty(total, dtype=values.dtype)
+            out[width:] = values[:-width]  # a plain shift is right for all but a segment's first rows
+            early = np.flatnonzero(g.rank < width)
+            before = position[early] - width
+            held = saved[series_row[early], before % size]
+            out[early] = np.where(before >= 0, held, 0)
             return out
 
         prev = back(x, st.prices, ring, 1)  # the previous price of the series (from its second record)
@@ -839,15 +854,17 @@ class IndicatorState:
             volume_sums.append(seg_cumsum_int(change, lengths, st.volume_sums[i, g.series]))
 
         # the session: VWAP, and the day's range and volume
-        keys = self.clock.keys(_ints(batch, "timestamp")[0][rows])
+        stamps = _ints(batch, "timestamp")[0]
+        # one session for the whole batch (the usual case) is found without sorting the stamps
+        key = self.clock.single(stamps if total == stamps.size else stamps[rows])
         carried = st.session[g.series]
-        if int(keys.min()) == int(keys.max()):
-            key = int(keys[0])
-            epoch = np.maximum(carried, key)[g.seg]
+        if key is not None:
+            epoch = np.repeat(np.maximum(carried, key), lengths)
             continues = carried >= key
             runs = g.layout
             run_series = g.series
         else:
+            keys = self.clock.keys(stamps[rows])
             init = np.where(carried == _NO_SESSION, -np.inf, carried.astype(np.float64))
             epoch_f = g.layout.scan([keys.astype(np.float64)], init[None, :], _MAX)[0]
             before = np.empty(total)
@@ -956,8 +973,8 @@ class IndicatorState:
         out["day_low"] = day_low
 
         last = starts + lengths - 1  # a segment's last session run ends at its last row
-        kept = np.flatnonzero(g.rank >= lengths[g.seg] - ring)  # rows that stay in the ring
-        kept_volume = np.flatnonzero(g.rank >= lengths[g.seg] - volume_ring)
+        kept = np.flatnonzero(g.rank >= np.repeat(lengths - ring, lengths))  # rows that stay in the ring
+        kept_volume = np.flatnonzero(g.rank >= np.repeat(lengths - volume_ring, lengths))
         new_sums = np.array([window_sums_now[i][last] for i in range(len(self.windows))])
         new_volume_sums = np.array([sums[last] for sums in volume_sums])
 
