@@ -490,6 +490,12 @@ def run(
 
     with common.session() as session:
         keep_freed_memory()
+        if not all(strategy.builtin for strategy in strategies):
+            import numexpr
+
+            # a batch is too small for numexpr's worker threads to pay, and the other stages of
+            # the pipeline want the other cores: one thread is faster even on an idle machine
+            numexpr.set_num_threads(1)
         files = StateFiles(resolve_state_dir("screen", state_dir))
         files.lock()
         session.on_close(files.close)
