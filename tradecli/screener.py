@@ -344,13 +344,16 @@ class Groups:
 
     order: np.ndarray  # batch rows sorted by symbol id
     sym: np.ndarray  # symbol id of each sorted row
-    day: np.ndarray  # New York day of each sorted row
+    day: np.ndarray | None  # New York day of each sorted row; None when all rows share one_day
+    one_day: int = NO_DAY
 
     @classmethod
     def of(cls, sym_ids: np.ndarray, days: np.ndarray) -> Groups:
         # numpy's stable sort is a radix sort for 16-bit keys: linear, whatever the batch size
         keys = sym_ids.astype(np.uint16) if len(sym_ids) and sym_ids.max() < 1 << 16 else sym_ids
         order = np.argsort(keys, kind="stable")
+        if len(days) and int(days.min()) == int(days.max()):  # the usual batch: one day
+            return cls(order, sym_ids[order], None, int(days[0]))
         return cls(order, sym_ids[order], days[order])
 
 
@@ -366,29 +369,33 @@ def rising_edges(zone: np.ndarray, groups: Groups, st: StrategyState, initial: i
     m = len(judged)
     if m == 0:
         return judged
-    zj = z[judged]
-    sj = groups.sym[judged]
-    dj = groups.day[judged]
+    every = m == len(z)  # then the sorted arrays are already the judged ones
+    zj = z if every else z[judged]
+    sj = groups.sym if every else groups.sym[judged]
     first = np.empty(m, dtype=bool)
     first[0] = True
     np.not_equal(sj[1:], sj[:-1], out=first[1:])
     starts = np.flatnonzero(first)
     prev_zone = np.empty(m, dtype=np.int8)
     prev_zone[1:] = zj[:-1]
-    prev_day = np.empty(m, dtype=np.int64)
-    prev_day[1:] = dj[:-1]
     symbols = sj[starts]
     prev_zone[starts] = st.zone[symbols]
-    prev_day[starts] = st.day[symbols]
-    new_day = prev_day != dj
-    if new_day.any():
-        prev_zone[new_day] = initial
+    if groups.day is None:  # one day: only a symbol's first row here can begin a new day
+        prev_zone[starts[st.day[symbols] != groups.one_day]] = initial
+    else:
+        dj = groups.day if every else groups.day[judged]
+        prev_day = np.empty(m, dtype=np.int64)
+        prev_day[1:] = dj[:-1]
+        prev_day[starts] = st.day[symbols]
+        new_day = prev_day != dj
+        if new_day.any():
+            prev_zone[new_day] = initial
     fired = (zj > 0) & (zj != prev_zone)
     ends = np.empty(len(starts), dtype=np.int64)
     ends[:-1] = starts[1:] - 1
     ends[-1] = m - 1
     st.zone[symbols] = zj[ends]
-    st.day[symbols] = dj[ends]
+    st.day[symbols] = groups.one_day if groups.day is None else dj[ends]
     return groups.order[judged[fired]]  # type: ignore[no-any-return]
 
 
@@ -650,7 +657,9 @@ class Screener:
         if limit:  # days already at their limit drop their candidates in one go
             full = [d for d in _distinct(cand_days).tolist() if counts.get(d, 0) >= limit]
             if full:
-                over = np.isin(cand_days, full)
+                over = cand_days == full[0]
+                for day in full[1:]:  # a batch spans a day or two
+                    over |= cand_days == day
                 self._over_limit(strategy, int(over.sum()), full[0])
                 keep_mask = ~over
                 candidates, sids, times, cand_days = (
