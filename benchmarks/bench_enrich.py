@@ -26,6 +26,7 @@ import numpy as np
 import pyarrow as pa
 
 from benchmarks.harness import Bench, trade
+from benchmarks.process import one_process
 
 UNIVERSE = "500"
 STREAMING_TICKS = 200_000
@@ -56,6 +57,15 @@ def run(bench: Bench) -> None:
         bench.pipeline(
             "enrich", f"cat | trade enrich | cat  ({label})", stages, n, names=["cat", "enrich", "cat"]
         )
+    one_process(
+        bench,
+        "enrich",
+        "trade enrich < Arrow file, its output read through a pipe",
+        trade("enrich", "--quiet"),
+        n,
+        arrow,
+        stream=True,
+    )
     bench.pipeline(
         "enrich",
         "ingest --source sim | enrich  (Arrow)",

@@ -19,6 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from benchmarks.harness import Bench, trade
+from benchmarks.process import one_process
 
 SYMBOLS = 10_000
 USER_STRATEGIES = """\
@@ -210,6 +211,15 @@ def run(bench: Bench) -> None:
         )
         size = sum(p.stat().st_size for p in state.iterdir())
         result.note = f"input enriched by {how}; state on disk {size / 1e6:.2f} MB for {SYMBOLS:,} symbols"
+    state = bench.workdir / "screen-state-cpu"
+    one_process(
+        bench,
+        "screen",
+        "screen < Arrow file (5 built-ins + 2 expressions), CPU",
+        trade("screen", "--strategies", str(rules), "--quiet", "--state-dir", str(state)),
+        n,
+        source,
+    )
     _core(bench, source, rules, n)
     _reader(bench, source, n)
 
