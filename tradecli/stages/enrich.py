@@ -268,6 +268,9 @@ def command(
 
     Example: trade ingest --source sim | trade enrich --ema 9,21 --macd 12,26,9 | trade screen
     """
+    from tradecli.tuning import one_blas_thread
+
+    one_blas_thread()  # before numpy's first import
     spec = build_spec(
         sma=sma,
         ema=ema,
@@ -281,8 +284,8 @@ def command(
     )
     every = parse_duration(checkpoint)
     with common.session() as session:
-        from tradecli.heap import keep_freed_memory
         from tradecli.indicators import IndicatorState
+        from tradecli.tuning import keep_freed_memory
 
         keep_freed_memory()
         engine = IndicatorState(spec)

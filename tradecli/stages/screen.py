@@ -451,6 +451,9 @@ def command(
 
     Example: trade ingest --source sim | trade enrich | trade screen | trade alert
     """
+    from tradecli.tuning import one_blas_thread
+
+    one_blas_thread()  # before numpy's first import
     options = ScreenOptions(
         strategies=list(strategy or []),
         strategies_file=strategies_file,
@@ -484,9 +487,9 @@ def run(
 ) -> None:
     import time
 
-    from tradecli.heap import keep_freed_memory
     from tradecli.screener import Screener, StateFiles
     from tradecli.state import state_dir as resolve_state_dir
+    from tradecli.tuning import keep_freed_memory
 
     with common.session() as session:
         keep_freed_memory()
