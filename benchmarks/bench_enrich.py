@@ -86,6 +86,9 @@ def run(bench: Bench) -> None:
 
 def _engine(bench: Bench, table: pa.Table) -> None:
     from tradecli.indicators import IndicatorState
+    from tradecli.tuning import keep_freed_memory
+
+    keep_freed_memory()  # as the enrich command does; the in-process peers below run with it too
 
     batches = table.to_batches(max_chunksize=65_536)
     state = IndicatorState()

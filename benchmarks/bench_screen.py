@@ -226,9 +226,14 @@ def run(bench: Bench) -> None:
 
 def _core(bench: Bench, source: Path, rules: Path, n: int) -> None:
     """The screening core alone, on batches already in memory (no pipes, no parsing)."""
+    import numexpr
+
     from tradecli.screener import Screener, ScreenState
     from tradecli.stages.screen import ScreenOptions, configure
+    from tradecli.tuning import keep_freed_memory
 
+    keep_freed_memory()  # as the screen command does, with one numexpr thread
+    numexpr.set_num_threads(1)
     with pa.ipc.open_stream(source) as reader:
         batches = list(reader)
     strategies = configure(ScreenOptions(strategies_file=str(rules)))
