@@ -52,7 +52,7 @@ def build(params: dict[str, float]) -> Strategy:
             high = rsi >= overbought
         zone = high.astype(np.int8)
         zone += zone  # 2 = overbought
-        zone[low] = 1  # oversold wins if both thresholds are crossed at once
+        np.putmask(zone, low, 1)  # oversold wins if both thresholds are crossed at once
 
         def numbers(rows: np.ndarray) -> Numbers:
             p, r, short = price[rows], rsi[rows], zone[rows] == 2

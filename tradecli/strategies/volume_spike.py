@@ -54,8 +54,9 @@ def build(params: dict[str, float]) -> Strategy:
             down = price < vwap
             unknown = ~(average > 0)
         zone = spike.astype(np.int8)
-        zone[spike & down] = 2
-        zone[unknown] = -1
+        # putmask: a boolean-index assignment is ~3x slower on a mask as dense as this one
+        np.putmask(zone, spike & down, 2)
+        np.putmask(zone, unknown, -1)
 
         def numbers(rows: np.ndarray) -> Numbers:
             p, short = price[rows], down[rows]

@@ -49,7 +49,7 @@ def build(params: dict[str, float]) -> Strategy:
             below = price < vwap * (1.0 - band)
         # zone 1 above the band, 0 below it, and inside the band the zone holds (-1)
         zone = above.astype(np.int8)
-        zone[~(above | below)] = -1
+        np.putmask(zone, ~(above | below), -1)  # (faster than zone[mask] = -1 on a dense mask)
 
         def numbers(rows: np.ndarray) -> Numbers:
             p = price[rows]
