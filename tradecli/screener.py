@@ -555,10 +555,11 @@ class Screener:
             return None  # every row lacks a needed column: nothing can be judged
         try:
             ev = strategy.evaluate(cols)
-            zone = np.array(ev.zone, dtype=np.int8)
             missing = cols.missing_any(strategy.needs)
-            if missing is not None:
-                np.putmask(zone, missing, -1)
+            if missing is None:
+                zone = np.array(ev.zone, dtype=np.int8)  # a copy: the strategy may still read its own
+            else:  # a new array too; np.where beats a copy and np.putmask on a mask half true
+                zone = np.where(missing, np.int8(-1), np.asarray(ev.zone, dtype=np.int8))
             on = np.flatnonzero(zone > 0)
             numbers = ev.numbers(on) if len(on) else None
             rr = None
