@@ -812,9 +812,9 @@ class IndicatorState:
             out = np.empty(total, dtype=values.dtype)
             out[width:] = values[:-width]  # a plain shift is right for all but a segment's first rows
             early = np.flatnonzero(g.rank < width)
-            before = position[early] - width
-            held = saved[series_row[early], before % size]
-            out[early] = np.where(before >= 0, held, 0)
+            out[early] = 0
+            held = early[position[early] >= width]  # the ring has them (a young series has not)
+            out[held] = saved[series_row[held], (position[held] - width) % size]
             return out
 
         prev = back(x, st.prices, ring, 1)  # the previous price of the series (from its second record)
