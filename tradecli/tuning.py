@@ -19,9 +19,9 @@ TRIM = 256 << 20
 def one_blas_thread() -> None:
     """Ask numpy's OpenBLAS for no worker threads. Call it before numpy is first imported.
 
-    Its worker thread spins for a while after numpy's import even when nothing calls BLAS:
-    ~40 ms of CPU per process on a two-core machine, for nothing (the stages make no large
-    matrix products). A value the user set is kept.
+    Its worker thread spins (yielding) for a while after numpy's import even when nothing calls
+    BLAS: up to ~40 ms of CPU per process on a two-core machine, less when the other core is
+    busy, for nothing (the stages make no large matrix products). A value the user set is kept.
     """
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
