@@ -791,6 +791,32 @@ def test_columns_read_arrow_buffers_with_offsets_and_nulls() -> None:
         cols.values("s")
 
 
+def test_a_null_reads_as_nan_whatever_its_slot_holds() -> None:
+    """enrich leaves NaN under its nulls (then the buffer is read as it is); other writers leave
+    anything there, and that must never show."""
+    from tradecli.screener import Columns
+
+    validity = pa.py_buffer(np.packbits([1, 0, 1, 0, 1, 1], bitorder="little"))
+
+    def column(*values: float) -> pa.Array:
+        data = pa.py_buffer(np.array(values))
+        return pa.Array.from_buffers(pa.float64(), len(values), [validity, data], null_count=2)
+
+    batch = pa.record_batch(
+        {
+            "nan": column(1.0, np.nan, 3.0, np.nan, 5.0, 6.0),
+            "junk": column(1.0, 7.0, 3.0, -2.0, 5.0, 6.0),
+            "half": column(1.0, np.nan, 3.0, 8.0, np.nan, 6.0),  # a valid NaN too
+        }
+    ).slice(1)
+    cols = Columns(batch)
+    assert np.array_equal(cols.values("nan"), [np.nan, 3.0, np.nan, 5.0, 6.0], equal_nan=True)
+    assert np.array_equal(cols.values("junk"), [np.nan, 3.0, np.nan, 5.0, 6.0], equal_nan=True)
+    assert np.array_equal(cols.values("half"), [np.nan, 3.0, np.nan, np.nan, 6.0], equal_nan=True)
+    for name in ("nan", "junk", "half"):
+        assert cols.valid(name).tolist() == [False, True, False, True, True]
+
+
 def test_a_new_where_expression_starts_with_a_clean_state(tmp_path: Path) -> None:
     data = to_ndjson([records_batch([gapper("ABC", at("09:31"), rsi_14=20.0)])])
     state = ["--state-dir", str(tmp_path)]

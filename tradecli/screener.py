@@ -136,6 +136,10 @@ class Columns:
             return values, self._all_valid
         bits = np.frombuffer(validity, dtype=np.uint8)
         valid = np.unpackbits(bits, count=start + n, bitorder="little")[start:].view(bool)
+        # enrich writes NaN under its nulls: when every null slot already holds NaN the buffer is
+        # used as it is (checking costs a third of the copy np.where would make)
+        if raw.dtype == np.float64 and bool(np.greater_equal(np.isnan(values), ~valid).all()):
+            return values, valid
         return np.where(valid, values, np.nan), valid
 
     def values(self, name: str) -> np.ndarray:
