@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from tradecli.strategies import Evaluation, Numbers, Strategy, Zone
+from tradecli.strategies import Evaluation, Numbers, Strategy, Zone, hold_where
 
 if TYPE_CHECKING:
     import numpy as np
@@ -58,7 +58,6 @@ def build(params: dict[str, float]) -> Strategy:
         price = cols.values("price")
         prev_close = cols.values("prev_close")
         vwap = cols.values("vwap")
-        has_vwap = cols.valid("vwap")
         has_ratio = cols.valid("volume_ratio")
         ratio = cols.values("volume_ratio")
         with np.errstate(all="ignore"):
@@ -66,9 +65,11 @@ def build(params: dict[str, float]) -> Strategy:
             # the original's tests: `if gap < min: return None`, so a NaN passes each of them
             on = ~(gap < min_gap)
             on &= ~(np.where(has_ratio, ratio, 1.0) < min_ratio)
-            on &= ~(price < np.where(has_vwap, vwap, price))
+            # a missing vwap reads NaN here, and price < NaN is false: the record passes, as
+            # with the original's price for a missing vwap
+            on &= ~(price < vwap)
         # the original raised ZeroDivisionError on a zero prev_close (which readers reject anyway)
-        zone = np.where(prev_close != 0, on, -1).astype(np.int8)
+        zone = hold_where(on.view(np.int8), prev_close == 0)
 
         def numbers(rows: np.ndarray) -> Numbers:
             p, g = price[rows], gap[rows]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from tradecli.strategies import Evaluation, Numbers, Strategy, Zone, fmt_price
+from tradecli.strategies import Evaluation, Numbers, Strategy, Zone, fmt_price, hold_where
 
 if TYPE_CHECKING:
     import numpy as np
@@ -53,10 +53,8 @@ def build(params: dict[str, float]) -> Strategy:
             spike = (ratio >= min_ratio) & (volume >= min_volume)
             down = price < vwap
             unknown = ~(average > 0)
-        zone = spike.astype(np.int8)
-        # putmask: a boolean-index assignment is ~3x slower on a mask as dense as this one
-        np.putmask(zone, spike & down, 2)
-        np.putmask(zone, unknown, -1)
+        zone = spike.view(np.int8) + (spike & down).view(np.int8)  # 1 a spike, 2 one below vwap
+        zone = hold_where(zone, unknown)
 
         def numbers(rows: np.ndarray) -> Numbers:
             p, short = price[rows], down[rows]

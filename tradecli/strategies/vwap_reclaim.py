@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from tradecli.strategies import Evaluation, Numbers, Strategy, Zone, fmt_price
+from tradecli.strategies import Evaluation, Numbers, Strategy, Zone, fmt_price, hold_where
 
 if TYPE_CHECKING:
     import numpy as np
@@ -48,8 +48,7 @@ def build(params: dict[str, float]) -> Strategy:
             above = price >= vwap * (1.0 + band)
             below = price < vwap * (1.0 - band)
         # zone 1 above the band, 0 below it, and inside the band the zone holds (-1)
-        zone = above.astype(np.int8)
-        np.putmask(zone, ~(above | below), -1)  # (faster than zone[mask] = -1 on a dense mask)
+        zone = hold_where(above.view(np.int8), ~(above | below))
 
         def numbers(rows: np.ndarray) -> Numbers:
             p = price[rows]
