@@ -1,4 +1,4 @@
-"""The whole pipeline as a trader runs it: ingest | enrich | tee >(store) | screen | alert, as real processes."""
+"""The whole pipeline as a trader runs it: ingest | enrich | tee | screen | alert, and store, as real processes."""
 
 from __future__ import annotations
 
@@ -18,22 +18,24 @@ def run_pipeline(
     """ingest | enrich | tee (store) | screen | alert --dry-run; returns receipts, stderr, the store path."""
     env = child_env(TRADECLI_STATE_DIR=str(tmp_path / "state"))
     store = tmp_path / "ticks"
-    script = (
-        f"set -o pipefail; {' '.join(trade_argv(*sim_args(count, '--format', fmt, '--quiet')))}"
-        f" | {' '.join(trade_argv('enrich', '--quiet'))}"
-        f" | tee {tmp_path / 'enriched'}"
-        f" | {' '.join(trade_argv('screen', '--quiet'))}"
-        f" | {' '.join(trade_argv('alert', '--dry-run', '--to', 'console', '--to', 'discord', '--format', 'ndjson'))}"
-    )
+    stages = [
+        trade_argv(*sim_args(count, "--format", fmt, "--quiet")),
+        trade_argv("enrich", "--quiet"),
+        ["tee", str(tmp_path / "enriched")],
+        trade_argv("screen", "--quiet"),
+        trade_argv("alert", "--dry-run", "--to", "console", "--to", "discord", "--format", "ndjson"),
+    ]
+    script = "set -o pipefail; " + " | ".join(" ".join(argv) for argv in stages)
     result = subprocess.run(["bash", "-c", script], capture_output=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr.decode()
-    stored = subprocess.run(
-        trade_argv("store", str(store), "--quiet"),
-        stdin=open(tmp_path / "enriched", "rb"),
-        capture_output=True,
-        env=env,
-        timeout=120,
-    )
+    with open(tmp_path / "enriched", "rb") as enriched:
+        stored = subprocess.run(
+            trade_argv("store", str(store), "--quiet"),
+            stdin=enriched,
+            capture_output=True,
+            env=env,
+            timeout=120,
+        )
     assert stored.returncode == 0, stored.stderr.decode()
     return ndjson_records(result.stdout), result.stderr, store
 
