@@ -1,4 +1,4 @@
-"""The whole pipeline as a trader runs it: ingest | enrich | tee | screen | alert, and store, as real processes."""
+"""The whole pipeline as a trader runs it, as real processes: ingest | enrich | screen | alert, and store."""
 
 from __future__ import annotations
 
