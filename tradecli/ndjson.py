@@ -15,9 +15,12 @@ or with Arrow's string casts), and the lines are put back in their original orde
 
 from __future__ import annotations
 
+import functools
 import io
 import json
+import os
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -336,8 +339,32 @@ def _null_groups(columns: list[pa.Array], nullable: list[int]) -> tuple[np.ndarr
     return patterns, inverse.reshape(-1)
 
 
+PARALLEL_ROWS = 32_768  # a batch this large is encoded in parts, one per core
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+@functools.cache
+def _encoders() -> ThreadPoolExecutor | None:
+    return ThreadPoolExecutor(min(_cores(), 4), thread_name_prefix="encode") if _cores() > 1 else None
+
+
 def encode(batch: pa.RecordBatch) -> bytes:
-    """Compact NDJSON for every row of the batch, nulls left out, ``\\n`` after each line."""
+    """Compact NDJSON for every row of the batch, nulls left out, ``\\n`` after each line.
+
+    Formatting floats is most of the cost; a large batch is cut in parts that are encoded on all
+    cores at once (polars releases the GIL while it writes).
+    """
+    pool = _encoders() if batch.num_rows >= PARALLEL_ROWS else None
+    if pool is None:
+        return _encode(batch)
+    step = -(-batch.num_rows // min(_cores(), 4))
+    return b"".join(pool.map(_encode, [batch.slice(i, step) for i in range(0, batch.num_rows, step)]))
+
+
+def _encode(batch: pa.RecordBatch) -> bytes:
     if batch.num_rows == 0:
         return b""
     names, columns = _prepare(batch)
