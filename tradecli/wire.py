@@ -352,30 +352,23 @@ class RecordReader:
         try:
             reader = pa.ipc.open_stream(self.input)
         except (pa.ArrowInvalid, OSError) as err:
-            self._batch_no += 1
-            self.session.counters.records_in += 1
-            self.errors.reject(
-                f"{self._where}batch {self._batch_no}",
-                f"unreadable Arrow stream header ({err})",
-                batch=self._batch_no,
-            )
-            return False
+            return self._unreadable(f"unreadable Arrow stream header ({err})")
         while True:
             try:
                 batch = reader.read_next_batch()
             except StopIteration:
                 return True
             except (pa.ArrowInvalid, OSError) as err:
-                self._batch_no += 1
-                self.session.counters.records_in += 1
-                self.errors.reject(
-                    f"{self._where}batch {self._batch_no}",
-                    f"truncated or corrupt Arrow message ({err})",
-                    batch=self._batch_no,
-                )
-                return False
+                return self._unreadable(f"truncated or corrupt Arrow message ({err})")
             self._batch_no += 1
             yield from self._checked(batch)
+
+    def _unreadable(self, reason: str) -> bool:
+        """Report a damaged Arrow message as one bad batch; the stream cannot go on after it."""
+        self._batch_no += 1
+        self.session.counters.records_in += 1
+        self.errors.reject(f"{self._where}batch {self._batch_no}", reason, batch=self._batch_no)
+        return False
 
     def _checked(self, batch: pa.RecordBatch) -> Iterator[pa.RecordBatch]:
         number = self._batch_no
