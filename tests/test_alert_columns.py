@@ -1,5 +1,7 @@
 """The batch-at-a-time paths (console, --dry-run) give exactly what the per-alert paths give.
 
+(Batches of up to 128 alerts take the per-alert path anyway; ``small=False`` forces the other.)
+
 The console lines, Discord payloads, ids and receipts of a whole batch are built a column at a
 time (tradecli.channels.columns); every one of them is compared here with the per-alert render
 of the same rows, over generated batches of hostile text and odd numbers, missing columns and
@@ -109,9 +111,11 @@ def test_ids_and_console_lines_match_the_per_alert_path(case: tuple[list[dict[st
     ids, given_any = alert_ids(batch)
     assert ids == [alert_id(r) for r in to_records(batch)]
     assert given_any == any(isinstance(r.get("alert_id"), str) and r["alert_id"] for r in to_records(batch))
+    small = Chunk(batch)  # a few rows: ids alert by alert
+    assert small.small and (small.ids, small.ids_given) == (ids, given_any)
+    assert Chunk(batch, small=False).rows == len(records)
     for console in (Console(stream=io.StringIO(), colour=False), coloured()):
-        assert Chunk(batch).rows == len(records)
-        assert console.preview_column(Chunk(batch)).to_pylist() == per_alert_console(console, batch)
+        assert console.preview_column(Chunk(batch, small=False)).to_pylist() == per_alert_console(console, batch)
 
 
 @SETTINGS
@@ -126,7 +130,7 @@ def test_discord_payloads_match_the_per_alert_path(
     expected = [
         channel.preview(channel.render(r, i)) for r, i in zip(to_records(batch), alert_ids(batch)[0], strict=True)
     ]
-    got = channel.preview_column(Chunk(batch)).to_pylist()
+    got = channel.preview_column(Chunk(batch, small=False)).to_pylist()
     assert got == expected
     for text in got:
         assert not discord_channel_problems(orjson.loads(text))
@@ -149,7 +153,7 @@ SAMPLE = [
 
 
 def test_an_embed_over_the_total_is_trimmed_as_the_per_alert_path_does() -> None:
-    chunk = Chunk(wire_batch(SAMPLE))
+    chunk = Chunk(wire_batch(SAMPLE), small=False)
     got = [orjson.loads(t) for t in discord_channel.payload_column(chunk).to_pylist()]
     assert discord_channel.embed_size(got[-1]["embeds"][0]) <= 6000
     assert len(got[-1]["embeds"][0]["description"]) < 4096  # cut further to fit the total
@@ -174,7 +178,7 @@ def test_other_column_types_render_as_the_per_alert_path(types: dict[str, pa.Dat
     names = [c for c in COLUMNS if c != "alert_id"]
     schema = pa.schema([(n, types.get(n, FIELD_TYPES[n])) for n in names])
     batch = pa.RecordBatch.from_pylist([{k: r.get(k) for k in names} for r in records], schema=schema)
-    chunk = Chunk(batch)
+    chunk = Chunk(batch, small=False)
     assert chunk.ids == [alert_id(r) for r in to_records(batch)]
     for console in (Console(stream=io.StringIO(), colour=False), coloured()):
         assert console.preview_column(chunk).to_pylist() == per_alert_console(console, batch)
@@ -185,7 +189,7 @@ def test_other_column_types_render_as_the_per_alert_path(types: dict[str, pa.Dat
 
 def test_receipt_columns_match_receipt_dicts() -> None:
     batch = wire_batch(SAMPLE + [{**signal(), "symbol": None, "timestamp": None, "strategy": None}])
-    chunk = Chunk(batch)
+    chunk = Chunk(batch, small=False)
     payload = pa.array([f"p{i}" for i in range(chunk.rows)], pa.string())
     got = receipt_columns(chunk, "console", "dry-run", attempts=0, latency_ms=0.0, payload=payload)
     dicts = [
@@ -218,6 +222,6 @@ def test_console_sends_a_batch_in_one_write() -> None:
     stream = io.StringIO()
     console = Console(stream=stream, colour=False)
     batch = wire_batch(SAMPLE)
-    outcomes = console.send_column(Chunk(batch))
+    outcomes = console.send_column(Chunk(batch, small=False))
     assert all(o.ok for o in outcomes) and len(outcomes) == len(SAMPLE)
     assert stream.getvalue() == "".join(console.render(r, alert_id(r)) for r in to_records(batch))

@@ -126,6 +126,8 @@ class Console(Channel):
         """
         import pyarrow.compute as pc
 
+        if chunk.small:
+            return super().preview_column(chunk)
         if self._styles is None:
             self._styles = _styles(self.stream)
         styles = self._styles
@@ -188,6 +190,8 @@ class Console(Channel):
         """One write for a whole batch of lines."""
         import pyarrow.compute as pc
 
+        if chunk.small:
+            return super().send_column(chunk)
         lines = pc.binary_join_element_wise(self.preview_column(chunk), "", "\n")
         text = "".join(lines.to_pylist()) if len(lines) else ""
         return self._write(text, len(lines))

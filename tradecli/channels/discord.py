@@ -260,6 +260,8 @@ class Discord(Channel):
         return rendered.decode()
 
     def preview_column(self, chunk: Chunk) -> pa.Array:
+        if chunk.small:
+            return super().preview_column(chunk)
         return payload_column(chunk, username=self.username, avatar_url=self.avatar_url)
 
     def ready_at(self) -> float:
