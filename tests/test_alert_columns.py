@@ -45,7 +45,7 @@ COLUMNS = (
     "alert_id",
 )
 texts = st.one_of(
-    st.sampled_from(NASTY + [" padded ", "\u2028sep\u2029", "tab\there", "\x85next", "ß straße"]),
+    st.sampled_from([*NASTY, " padded ", "\u2028sep\u2029", "tab\there", "\x85next", "ß straße"]),
     st.text(max_size=60),
     st.none(),
 )
@@ -115,7 +115,9 @@ def test_ids_and_console_lines_match_the_per_alert_path(case: tuple[list[dict[st
     assert small.small and (small.ids, small.ids_given) == (ids, given_any)
     assert Chunk(batch, small=False).rows == len(records)
     for console in (Console(stream=io.StringIO(), colour=False), coloured()):
-        assert console.preview_column(Chunk(batch, small=False)).to_pylist() == per_alert_console(console, batch)
+        assert console.preview_column(Chunk(batch, small=False)).to_pylist() == per_alert_console(
+            console, batch
+        )
 
 
 @SETTINGS
@@ -128,7 +130,8 @@ def test_discord_payloads_match_the_per_alert_path(
     channel = discord_channel.from_target(None, Settings(dry_run=True))
     channel.username, channel.avatar_url = username, "https://example.com/a.png" if username else None
     expected = [
-        channel.preview(channel.render(r, i)) for r, i in zip(to_records(batch), alert_ids(batch)[0], strict=True)
+        channel.preview(channel.render(r, i))
+        for r, i in zip(to_records(batch), alert_ids(batch)[0], strict=True)
     ]
     got = channel.preview_column(Chunk(batch, small=False)).to_pylist()
     assert got == expected
@@ -183,12 +186,14 @@ def test_other_column_types_render_as_the_per_alert_path(types: dict[str, pa.Dat
     for console in (Console(stream=io.StringIO(), colour=False), coloured()):
         assert console.preview_column(chunk).to_pylist() == per_alert_console(console, batch)
     channel = discord_channel.from_target(None, Settings(dry_run=True))
-    expected = [channel.preview(channel.render(r, i)) for r, i in zip(to_records(batch), chunk.ids, strict=True)]
+    expected = [
+        channel.preview(channel.render(r, i)) for r, i in zip(to_records(batch), chunk.ids, strict=True)
+    ]
     assert channel.preview_column(chunk).to_pylist() == expected
 
 
 def test_receipt_columns_match_receipt_dicts() -> None:
-    batch = wire_batch(SAMPLE + [{**signal(), "symbol": None, "timestamp": None, "strategy": None}])
+    batch = wire_batch([*SAMPLE, {**signal(), "symbol": None, "timestamp": None, "strategy": None}])
     chunk = Chunk(batch, small=False)
     payload = pa.array([f"p{i}" for i in range(chunk.rows)], pa.string())
     got = receipt_columns(chunk, "console", "dry-run", attempts=0, latency_ms=0.0, payload=payload)
