@@ -32,6 +32,7 @@ import contextlib
 import os
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Annotated, Any
@@ -173,7 +174,9 @@ def receipts_batch(receipts: list[dict[str, Any]]) -> pa.RecordBatch:
 
 
 CHUNK = 8192  # alerts handed to the channels at once: bounds the memory one batch takes
+QUEUED_CHUNK = 2048  # the same when alerts are queued for workers: fewer rows as dicts at once
 BACKLOG = 4 * CHUNK  # receipts waiting to be written before the reading thread waits
+WRITE_EVERY = 0.05  # seconds: receipts settled one by one are written at most this often
 
 
 class Alerter:
@@ -254,8 +257,10 @@ class Alerter:
         self.missing_symbol += chosen.missing_symbol
         from tradecli.channels.columns import Chunk
 
-        for start in range(0, chosen.signals.num_rows, CHUNK):
-            self.engine.submit(Chunk(chosen.signals.slice(start, CHUNK)))
+        engine = self.engine
+        step = CHUNK if engine.dry_run or all(c.inline for c in engine.channels) else QUEUED_CHUNK
+        for start in range(0, chosen.signals.num_rows, step):
+            engine.submit(Chunk(chosen.signals.slice(start, step)))
 
     def collect(self) -> list[pa.RecordBatch]:
         return self.engine.collect()
@@ -376,16 +381,30 @@ def _serve(
     held: list[pa.RecordBatch] = []
     format_known = source is None or format_given
     wake = alerter.engine.wake
+    last_write = -WRITE_EVERY
 
-    def emit() -> None:
-        nonlocal held
+    def emit(force: bool = True) -> None:
+        """Write the receipts held; unless ``force``, at most once every WRITE_EVERY seconds (or
+        when a batch's worth is held), so a burst of single receipts is written in batches."""
+        nonlocal held, last_write
+        if not held or not format_known:
+            return
+        now = time.monotonic()
+        if not force and now - last_write < WRITE_EVERY and sum(b.num_rows for b in held) < CHUNK:
+            return
+        batches, held = held, []
+        last_write = now
+        for batch in batches:
+            for status, count in status_counts(batch).items():
+                if status in counts:
+                    counts[status] += count
+            writer.write(batch)
+
+    def pause() -> float:
+        """How long to wait for news: until held receipts are due, at most half a second."""
         if held and format_known:
-            batches, held = held, []
-            for batch in batches:
-                for status, count in status_counts(batch).items():
-                    if status in counts:
-                        counts[status] += count
-                writer.write(batch)
+            return max(0.0, min(0.5, last_write + WRITE_EVERY - time.monotonic()))
+        return 0.5
 
     if source is None:
         alerter.finish()
@@ -409,7 +428,7 @@ def _serve(
                 else:
                     raise value
             held += alerter.collect()
-            emit()
+            emit(force=False)
             if alerter.outbox is not None:
                 alerter.outbox.sync()
             if input_done and alerter.idle():
@@ -417,7 +436,7 @@ def _serve(
                 emit()
                 break
             with session.stopper.blocking():
-                wake.wait(0.5)
+                wake.wait(pause())
     except BaseException as ending:
         held += alerter.stop()
         format_known = True
