@@ -41,17 +41,6 @@ import typer
 
 from tradecli.errors import UsageError
 from tradecli.identity import ID_FIELDS, alert_id
-
-__all__ = [
-    "ID_FIELDS",
-    "AlertOptions",
-    "alert",
-    "alert_id",
-    "command",
-    "receipts_batch",
-    "select",
-    "to_records",
-]
 from tradecli.options import Common, parse_duration, split_list, stage_options
 
 if TYPE_CHECKING:
