@@ -16,12 +16,14 @@ from typing import Any
 import orjson
 import pyarrow as pa
 import pytest
+from alert_standins import discord_problems, slack_problems
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_alert_render import NASTY, signal
 
 from tradecli.channels import Settings
 from tradecli.channels import discord as discord_channel
+from tradecli.channels import slack as slack_channel
 from tradecli.channels.columns import Chunk, alert_ids, to_records
 from tradecli.channels.console import Console
 from tradecli.identity import alert_id
@@ -136,13 +138,23 @@ def test_discord_payloads_match_the_per_alert_path(
     got = channel.preview_column(Chunk(batch, small=False)).to_pylist()
     assert got == expected
     for text in got:
-        assert not discord_channel_problems(orjson.loads(text))
+        assert not discord_problems(orjson.loads(text))
 
 
-def discord_channel_problems(body: dict[str, Any]) -> list[str]:
-    from alert_standins import discord_problems
-
-    return discord_problems(body)  # type: ignore[no-any-return]
+@SETTINGS
+@given(batches)
+def test_slack_payloads_match_the_per_alert_path(case: tuple[list[dict[str, Any]], set[str]]) -> None:
+    records, drop = case
+    batch = wire_batch(records, drop)
+    channel = slack_channel.from_target(None, Settings(dry_run=True))
+    expected = [
+        channel.preview(channel.render(r, i))
+        for r, i in zip(to_records(batch), alert_ids(batch)[0], strict=True)
+    ]
+    got = channel.preview_column(Chunk(batch, small=False)).to_pylist()
+    assert got == expected
+    for text in got:
+        assert slack_problems(orjson.loads(text)) is None
 
 
 SAMPLE = [
@@ -153,6 +165,13 @@ SAMPLE = [
     # over Discord's 6,000-unit total until trimmed: the per-alert payload() trims this one
     signal(message="m" * 7000, symbol="🚀" * 600, strategy="s" * 300, entry_price=1e300, target=-1e300),
 ]
+
+
+def test_a_slack_text_over_its_limit_is_cut_as_the_per_alert_path_does() -> None:
+    chunk = Chunk(wire_batch(SAMPLE), small=False)
+    got = [orjson.loads(t) for t in slack_channel.payload_column(chunk).to_pylist()]
+    assert len(got[-1]["text"]) <= slack_channel.TEXT_MAX and got[-1]["text"].endswith("…")
+    assert all(slack_problems(body) is None for body in got)
 
 
 def test_an_embed_over_the_total_is_trimmed_as_the_per_alert_path_does() -> None:
@@ -185,11 +204,14 @@ def test_other_column_types_render_as_the_per_alert_path(types: dict[str, pa.Dat
     assert chunk.ids == [alert_id(r) for r in to_records(batch)]
     for console in (Console(stream=io.StringIO(), colour=False), coloured()):
         assert console.preview_column(chunk).to_pylist() == per_alert_console(console, batch)
-    channel = discord_channel.from_target(None, Settings(dry_run=True))
-    expected = [
-        channel.preview(channel.render(r, i)) for r, i in zip(to_records(batch), chunk.ids, strict=True)
-    ]
-    assert channel.preview_column(chunk).to_pylist() == expected
+    for channel in (
+        discord_channel.from_target(None, Settings(dry_run=True)),
+        slack_channel.from_target(None, Settings(dry_run=True)),
+    ):
+        expected = [
+            channel.preview(channel.render(r, i)) for r, i in zip(to_records(batch), chunk.ids, strict=True)
+        ]
+        assert channel.preview_column(chunk).to_pylist() == expected
 
 
 def test_receipt_columns_match_receipt_dicts() -> None:

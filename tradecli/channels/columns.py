@@ -98,6 +98,24 @@ class Distinct:
         return pa.array([fn(v) for v in self.values], pa.string()).take(self.indices)
 
 
+def combine(*parts: Distinct) -> Distinct:
+    """The distinct combinations of several columns' values (each a tuple), per row."""
+    codes = np.zeros(len(parts[0].indices), dtype=np.int64)
+    for part in parts:
+        codes = codes * len(part.values) + part.indices.to_numpy()
+    unique, inverse = np.unique(codes, return_inverse=True)
+    values = []
+    for code in unique.tolist():
+        combo = []
+        for part in reversed(parts):
+            code, index = divmod(code, len(part.values))
+            combo.append(part.values[index])
+        values.append(tuple(reversed(combo)))
+    out = Distinct(None, 0)
+    out.values, out.indices = values, from_numpy(inverse.reshape(-1).astype(np.int32))
+    return out
+
+
 def strings_of(values: np.ndarray, valid: np.ndarray, fn: Callable[[Any], str | None]) -> pa.Array:
     """``fn`` of each value (None where not valid), called once per distinct value."""
     return Distinct(from_numpy(values, mask=~valid), len(values)).strings(fn)
