@@ -6,6 +6,9 @@ and ``settings`` carries the environment, the config file's ``[alert]`` table an
 channel shares. A :class:`Channel` renders a signal into its payload and sends it, and says what
 happened as an :class:`Outcome`; retries, pacing, the outbox and receipts are the delivery
 engine's business (:mod:`tradecli.delivery`), so a channel stays a small, testable module.
+The console and ``--dry-run`` settle a whole batch at once (:meth:`Channel.send_column`,
+:meth:`Channel.preview_column`); a channel may build those a column at a time, with the same text
+as its one-alert render.
 
 Adding a channel: write ``tradecli/channels/<kind>.py`` and add ``<kind>`` here.
 """

@@ -8,7 +8,8 @@
 The time is the event time in the machine's local zone. rich decides whether and how to colour
 (a terminal, ``NO_COLOR``, ``FORCE_COLOR``, ``TERM=dumb``): the side is green for long and red for
 short, the strategy and symbol bold. Control characters in the data are removed, so a symbol or
-message cannot move the cursor or recolour the terminal. Lines for a whole batch are written at
+message cannot move the cursor or recolour the terminal. A batch of alerts is rendered a column
+at a time (:mod:`tradecli.channels.columns`: each piece once per distinct value) and written at
 once, which keeps the console path fast.
 """
 
