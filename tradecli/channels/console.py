@@ -191,10 +191,14 @@ class Console(Channel):
         """One write for a whole batch of lines."""
         import pyarrow.compute as pc
 
-        if chunk.small:
+        if chunk.small or not chunk.rows:
             return super().send_column(chunk)
+        import numpy as np
+
         lines = pc.binary_join_element_wise(self.preview_column(chunk), "", "\n")
-        text = "".join(lines.to_pylist()) if len(lines) else ""
+        offsets = np.frombuffer(lines.buffers()[1], dtype=np.int32)
+        start, end = int(offsets[lines.offset]), int(offsets[lines.offset + len(lines)])
+        text = memoryview(lines.buffers()[2])[start:end].tobytes().decode()  # the lines, end to end
         return self._write(text, len(lines))
 
     def send(self, rendered: str, alert_id: str) -> Outcome:
