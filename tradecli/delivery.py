@@ -236,8 +236,7 @@ class Engine:
             fresh.append((alert_id, signal))
         if self.outbox is not None:
             self.outbox.add([Entry(i, channel.key, channel.label, s) for i, s in fresh])
-        for alert_id, signal in fresh:
-            worker.put(Item(alert_id, signal, now))
+        worker.put_many([Item(alert_id, signal, now) for alert_id, signal in fresh])
 
     def _wait_for_room(self) -> None:
         if self.backlog_cap is None:
@@ -428,6 +427,15 @@ class Worker(threading.Thread):
     def put(self, item: Item) -> None:
         with self.cond:
             self.queue.put(item)
+            self.cond.notify()
+
+    def put_many(self, items: list[Item]) -> None:
+        """Queue a batch of items in order, with one hand-over to the worker."""
+        if not items:
+            return
+        with self.cond:
+            for item in items:
+                self.queue.put(item)
             self.cond.notify()
 
     def finish(self) -> None:
