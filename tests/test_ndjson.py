@@ -208,3 +208,9 @@ def test_a_large_batch_encodes_in_parts_to_the_same_bytes() -> None:
     whole = ndjson._encode(batch)
     assert ndjson.encode(batch) == whole
     assert whole.count(b"\n") == n
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(record_batches())
+def test_small_batches_encode_row_by_row_to_the_same_bytes(batch: pa.RecordBatch) -> None:
+    assert ndjson._encode_rows(batch) == ndjson._encode(batch)
