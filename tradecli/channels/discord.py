@@ -29,9 +29,17 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import orjson
 
-from tradecli.channels import Channel, Outcome, Settings
+from tradecli.channels import Outcome, Settings
 from tradecli.channels import fields as f
-from tradecli.channels.http import HttpClient, HttpFailure, Response, check_url, retry_after
+from tradecli.channels.http import (
+    HttpClient,
+    PostChannel,
+    Response,
+    check_url,
+    no_url,
+    retry_after,
+    target_url,
+)
 from tradecli.errors import UsageError
 
 if TYPE_CHECKING:
@@ -233,7 +241,7 @@ def mask(url: str) -> str:
     return urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], path, "", ""))
 
 
-class Discord(Channel):
+class Discord(PostChannel):
     kind: ClassVar[str] = "discord"
     global_hold: ClassVar[list[float]] = [0.0]  # a global 429 holds every Discord webhook we use
 
@@ -267,19 +275,6 @@ class Discord(Channel):
     def ready_at(self) -> float:
         return max(self._not_before, self.global_hold[0])
 
-    def send(self, rendered: bytes, alert_id: str) -> Outcome:
-        try:
-            answer = self.client.post(rendered, {})
-        except HttpFailure as failure:
-            return Outcome(
-                False,
-                str(failure),
-                retry=not failure.permanent,
-                stop_channel=failure.permanent,
-                maybe_sent=failure.maybe_sent,
-            )
-        return self.outcome(answer)
-
     def outcome(self, answer: Response) -> Outcome:
         status = answer.status
         if 200 <= status < 300:
@@ -306,27 +301,13 @@ class Discord(Channel):
             return Outcome(False, message, stop_channel=True, auth=status in (401, 403))
         return Outcome(False, message)  # 400 Invalid Form Body, 413: this alert only
 
-    def close(self) -> None:
-        self.client.close()
-
 
 def from_target(arg: str | None, settings: Settings) -> Discord:
-    url = arg
-    if url:
-        if not settings.dry_run:
-            settings.warn(
-                "the Discord webhook URL on the command line is visible to other users (ps); "
-                f"prefer {ENV} or [alert.discord] webhook_url in the config file"
-            )
-    else:
-        url = settings.setting("discord", "webhook_url", ENV)
+    url = target_url(arg, settings, "discord", "webhook_url", ENV)
     if not url:
         if settings.dry_run:  # a preview needs no webhook
             preview = Discord("https://discord.com/api/webhooks/0/none", settings)
             preview.label = "discord"
             return preview
-        raise UsageError(
-            f"--to discord: no webhook URL; give --to discord:URL, set {ENV}, "
-            "or webhook_url in [alert.discord] of the config file"
-        )
-    return Discord(str(url), settings)
+        raise no_url("discord", "webhook_url", ENV)
+    return Discord(url, settings)

@@ -23,9 +23,17 @@ from urllib.parse import urlsplit, urlunsplit
 
 import orjson
 
-from tradecli.channels import Channel, Outcome, Settings
+from tradecli.channels import Outcome, Settings
 from tradecli.channels import fields as f
-from tradecli.channels.http import HttpClient, HttpFailure, Response, check_url, retry_after
+from tradecli.channels.http import (
+    HttpClient,
+    PostChannel,
+    Response,
+    check_url,
+    no_url,
+    retry_after,
+    target_url,
+)
 from tradecli.errors import UsageError
 
 if TYPE_CHECKING:
@@ -246,7 +254,7 @@ def mask(url: str) -> str:
     return urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], f"{head}/***", "", ""))
 
 
-class Slack(Channel):
+class Slack(PostChannel):
     kind: ClassVar[str] = "slack"
     min_interval: ClassVar[float] = 1.0
 
@@ -270,19 +278,6 @@ class Slack(Channel):
             return super().preview_column(chunk)
         return payload_column(chunk)
 
-    def send(self, rendered: bytes, alert_id: str) -> Outcome:
-        try:
-            answer = self.client.post(rendered, {})
-        except HttpFailure as failure:
-            return Outcome(
-                False,
-                str(failure),
-                retry=not failure.permanent,
-                stop_channel=failure.permanent,
-                maybe_sent=failure.maybe_sent,
-            )
-        return self.outcome(answer)
-
     def outcome(self, answer: Response) -> Outcome:
         status = answer.status
         if 200 <= status < 300:
@@ -297,27 +292,13 @@ class Slack(Channel):
             return Outcome(False, message, stop_channel=True, auth=code in AUTH or status in (401, 403))
         return Outcome(False, message)  # invalid_payload, invalid_blocks, no_text: this alert only
 
-    def close(self) -> None:
-        self.client.close()
-
 
 def from_target(arg: str | None, settings: Settings) -> Slack:
-    url = arg
-    if url:
-        if not settings.dry_run:
-            settings.warn(
-                "the Slack webhook URL on the command line is visible to other users (ps); "
-                f"prefer {ENV} or [alert.slack] webhook_url in the config file"
-            )
-    else:
-        url = settings.setting("slack", "webhook_url", ENV)
+    url = target_url(arg, settings, "slack", "webhook_url", ENV)
     if not url:
         if settings.dry_run:  # a preview needs no webhook
             preview = Slack("https://hooks.slack.com/services/none", settings)
             preview.label = "slack"
             return preview
-        raise UsageError(
-            f"--to slack: no webhook URL; give --to slack:URL, set {ENV}, "
-            "or webhook_url in [alert.slack] of the config file"
-        )
-    return Slack(str(url), settings)
+        raise no_url("slack", "webhook_url", ENV)
+    return Slack(url, settings)
