@@ -284,6 +284,41 @@ def test_garbage_after_the_last_batch_is_cut_off(tmp_path: Path, garbage: bytes)
     assert found.good_bytes == ends[-1] + 8  # the end-of-stream marker is whole too
 
 
+def test_a_sealed_segment_reads_back_whole_or_not_at_all(tmp_path: Path) -> None:
+    path, _, sizes = _segment_with_boundaries(tmp_path)
+    back = wal.read_sealed(1, path, sum(sizes))
+    assert [b.num_rows for b in back] == sizes
+    assert back[-1].column("note").to_pylist()[0] == "n5"
+    with pytest.raises(OSError, match="does not read back as written"):
+        wal.read_sealed(1, path, sum(sizes) + 1)  # a record acknowledged but not in the file
+    with open(path, "r+b") as handle:
+        handle.truncate(path.stat().st_size - 20)
+    with pytest.raises(OSError, match="does not read back as written"):
+        wal.read_sealed(1, path, sum(sizes))
+
+
+def test_appended_batches_are_not_held_in_memory(tmp_path: Path) -> None:
+    """The open segment keeps its records in its file only; the roll reads them back."""
+    import pyarrow.compute as pc
+
+    source = sim_batches(6_000)
+    w = writer(tmp_path, roll_rows=10**9).open()
+    try:
+        before = pa.total_allocated_bytes()
+        for i in range(30):
+            # a fresh copy in Arrow's memory pool each time, dropped once appended
+            rows = pc.take(pa.Table.from_batches(source), pa.array(np.arange(i * 100, i * 100 + 3_000)))
+            w.append(rows.combine_chunks().to_batches()[0])
+            del rows
+        held = pa.total_allocated_bytes() - before
+        assert w.written == 90_000
+        one = pa.Table.from_batches(source).slice(0, 3_000).nbytes
+        assert held < 3 * one, (held, one)  # 30 batches appended, none of them held
+    finally:
+        w.close()
+    assert read_dataset(tmp_path).num_rows == 90_000
+
+
 def test_a_segment_is_readable_by_any_arrow_reader(tmp_path: Path) -> None:
     path, _, sizes = _segment_with_boundaries(tmp_path)
     from store_helpers import arrow_stream_rows
