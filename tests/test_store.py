@@ -297,6 +297,21 @@ def test_a_sealed_segment_reads_back_whole_or_not_at_all(tmp_path: Path) -> None
         wal.read_sealed(1, path, sum(sizes))
 
 
+def test_sort_order_is_lexsort_by_keys_then_time() -> None:
+    from tradecli.tickstore.files import sort_order
+
+    rng = np.random.default_rng(3)
+    for n in (0, 1, 2, 17, 5_000):
+        for width in (1, 2, 300, 70_000, 1 << 40):
+            kind = rng.integers(0, 3, n)
+            key = rng.integers(0, width, n)
+            ts = rng.integers(0, 40, n)  # many ties: the input order must break them
+            ts[rng.random(n) < 0.1] = layout.NO_TIME
+            want = np.lexsort((ts, key, kind))
+            assert np.array_equal(sort_order(ts, kind, key), want), (n, width)
+            assert np.array_equal(sort_order(ts, key), np.lexsort((ts, key))), (n, width)
+
+
 def test_appended_batches_are_not_held_in_memory(tmp_path: Path) -> None:
     """The open segment keeps its records in its file only; the roll reads them back."""
     import pyarrow.compute as pc
