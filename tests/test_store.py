@@ -665,6 +665,17 @@ def test_query_merges_types_and_files_in_time_order(tmp_path: Path) -> None:
     assert row_keys(got) == row_keys(input_table(batches))
 
 
+def test_query_goes_out_in_batches_of_at_most_batch_rows(tmp_path: Path) -> None:
+    batches = sim_batches(9_000, symbols=25)
+    store_all(tmp_path, batches, roll_rows=4_000)  # files of ~2,000 rows per type
+    out = list(Query(LocalBackend(tmp_path), QueryOptions(batch_rows=700)).batches())
+    assert max(b.num_rows for b in out) <= 700
+    got = pa.concat_tables([pa.Table.from_batches([b]) for b in out], promote_options="permissive")
+    times = got.column("timestamp").cast(pa.int64()).to_numpy()
+    assert (np.diff(times) >= 0).all()
+    assert row_keys(got) == row_keys(input_table(batches))
+
+
 def test_query_filters(tmp_path: Path) -> None:
     batches = sim_batches(8_000, symbols=12)
     store_all(tmp_path, batches)
