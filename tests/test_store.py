@@ -334,6 +334,79 @@ def test_appended_batches_are_not_held_in_memory(tmp_path: Path) -> None:
     assert read_dataset(tmp_path).num_rows == 90_000
 
 
+def _malformed_batch() -> pa.RecordBatch:
+    """Six trades: row 1's trade_id is not UTF-8; rows 3 and 4 use a symbol whose dictionary
+    entry is not UTF-8 (and the dictionary has another bad entry no row uses); row 5's exchange
+    index lies outside its dictionary."""
+    n = 6
+    ts = pa.array([OPEN_NS + i for i in range(n)], pa.int64()).cast(pa.timestamp("ns", tz="UTC"))
+    offsets = pa.array([0, 2, 4, 6, 8, 10, 12], pa.int32()).buffers()[1]
+    trade_id = pa.Array.from_buffers(pa.string(), n, [None, offsets, pa.py_buffer(b"a0\xff\xfea2a3a4a5")])
+    words = pa.Array.from_buffers(
+        pa.string(),
+        4,
+        [None, pa.array([0, 4, 6, 10, 12], pa.int32()).buffers()[1], pa.py_buffer(b"AAPL\xc3(MSFT\xed\xa0")],
+    )
+    symbol = pa.DictionaryArray.from_arrays(pa.array([0, 0, 2, 1, 1, 2], pa.int32()), words)
+    venue = pa.DictionaryArray.from_arrays(
+        pa.array([0, 1, 0, 1, 0, 7], pa.int32()), pa.array(["X", "Y"]), safe=False
+    )
+    return pa.record_batch(
+        {
+            "type": pa.array(["trade"] * n).dictionary_encode(),
+            "symbol": symbol,
+            "timestamp": ts,
+            "price": pa.array([10.0, 11.0, 12.0, 13.0, 14.0, 15.0]),
+            "trade_id": trade_id,
+            "venue": venue,
+        }
+    )
+
+
+def test_values_arrow_refuses_are_rejected_before_they_are_acknowledged() -> None:
+    from tradecli.tickstore.schemas import SchemaRegistry
+
+    batch = _malformed_batch()
+    with pytest.raises(pa.ArrowInvalid):
+        batch.validate(full=True)
+    seen: list[tuple[int, str | None, str]] = []
+    kept = SchemaRegistry().admit(batch, lambda _b, problems: seen.extend(problems))
+    assert [(row, field) for row, field, _ in seen] == [
+        (1, "trade_id"),
+        (3, "symbol"),
+        (4, "symbol"),
+        (5, "venue"),
+    ]
+    assert "UTF8" in seen[0][2]
+    table = pa.Table.from_batches(kept)
+    for b in kept:
+        b.validate(full=True)
+    assert table.column("price").to_pylist() == [10.0, 12.0]
+    assert table.column("symbol").cast(pa.string()).to_pylist() == ["AAPL", "MSFT"]
+
+
+def test_a_crash_before_the_roll_keeps_every_acknowledged_record_of_a_malformed_batch(
+    tmp_path: Path,
+) -> None:
+    """The good rows of a batch with malformed values are logged whole, so recovery finds no
+    torn tail and publishes them all, with the batches after them."""
+    good = sim_batches(3_000)
+    log = Log()
+    w = writer(tmp_path / "a", log=log, roll_rows=10**9).open()
+    w.append(_malformed_batch())
+    for batch in good:
+        w.append(batch)
+    segment = w._segment
+    assert segment is not None and w.stored == 2 + 3_000
+    crashed = tmp_path / "b" / "_tradecli" / "wal"
+    crashed.mkdir(parents=True)
+    (crashed / segment.path.name).write_bytes(segment.path.read_bytes())  # as a kill -9 leaves it
+    w.close()
+    writer(tmp_path / "b", log=(after := Log())).open().close()
+    assert not after.warnings
+    assert read_dataset(tmp_path / "b").num_rows == 2 + 3_000
+
+
 def test_a_segment_is_readable_by_any_arrow_reader(tmp_path: Path) -> None:
     path, _, sizes = _segment_with_boundaries(tmp_path)
     from store_helpers import arrow_stream_rows

@@ -144,8 +144,12 @@ class Recovered:
         return sum(b.num_rows for b in self.batches)
 
 
-def read_segment(seq: int, path: Path) -> Recovered:
-    """Every whole batch in a segment, in order, and the byte offset after the last one."""
+def read_segment(seq: int, path: Path, *, full: bool = True) -> Recovered:
+    """Every whole batch in a segment, in order, and the byte offset after the last one.
+
+    ``full`` validates every value (what recovery needs to find a torn tail); without it only
+    the layout is checked (a segment this process wrote from batches it validated itself).
+    """
     size = path.stat().st_size
     batches: list[pa.RecordBatch] = []
     good = 0
@@ -164,7 +168,7 @@ def read_segment(seq: int, path: Path) -> Recovered:
         while True:
             try:
                 batch = reader.read_next_batch()
-                batch.validate(full=True)
+                batch.validate(full=full)
             except StopIteration:
                 position += source.tell()
                 good = position
@@ -182,7 +186,7 @@ def read_segment(seq: int, path: Path) -> Recovered:
 def read_sealed(seq: int, path: Path, rows: int) -> list[pa.RecordBatch]:
     """The batches of a segment this process sealed, memory-mapped; an OSError if the file does
     not hold exactly what was written (the roll must never publish less than was acknowledged)."""
-    found = read_segment(seq, path)
+    found = read_segment(seq, path, full=False)
     if found.problem is not None or found.rows != rows:
         problem = found.problem or f"{found.rows:,} records where {rows:,} were written"
         raise OSError(f"WAL segment {path.name} does not read back as written: {problem}")
