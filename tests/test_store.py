@@ -126,6 +126,24 @@ def test_exchange_dates_vectorised_match_zoneinfo_over_two_years() -> None:
         assert layout.day_text(day) == expected.isoformat()
 
 
+@pytest.mark.parametrize(
+    "around",
+    ["2026-03-08T07:00:00Z", "2026-11-01T06:00:00Z", "2026-11-20T05:00:00Z", "1969-12-31T23:00:00Z"],
+)
+@pytest.mark.parametrize("hours", [1, 30, 24 * 6, 24 * 8])
+def test_exchange_dates_of_a_short_stretch_match_zoneinfo(around: str, hours: int) -> None:
+    """A batch spanning a change of offset, midnight, or neither, as a segment would."""
+    rng = np.random.default_rng(hours)
+    middle = parse_time(around)
+    half = hours * 3600 * NS // 2
+    ns = np.sort(rng.integers(middle - half, middle + half, 5_000))
+    ns[:2] = [middle - 1, middle]
+    batch = pa.record_batch({"timestamp": pa.array(ns).cast(pa.timestamp("ns", tz="UTC"))})
+    days = layout.exchange_days(batch, 0)
+    want = [datetime.fromtimestamp(v // NS, UTC).astimezone(NEW_YORK).date().isoformat() for v in ns.tolist()]
+    assert [layout.day_text(d) for d in days.tolist()] == want
+
+
 def test_records_without_timestamp_fall_back_to_recv_ts_then_now() -> None:
     ts = pa.array([None, None, OPEN_NS], pa.int64()).cast(pa.timestamp("ns", tz="UTC"))
     recv = pa.array([OPEN_NS + 86_400 * NS, None, None], pa.int64()).cast(pa.timestamp("ns", tz="UTC"))
