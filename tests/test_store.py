@@ -381,6 +381,26 @@ def _malformed_batch() -> pa.RecordBatch:
     )
 
 
+def test_valid_mask_matches_is_valid() -> None:
+    from tradecli.tickstore.schemas import valid_mask
+
+    rng = np.random.default_rng(0)
+    for n in (0, 1, 7, 8, 9, 100, 1000):
+        values = [None if rng.random() < 0.3 else float(i) for i in range(n)]
+        floats = pa.array(values, pa.float64())
+        for col in (
+            floats,
+            floats.slice(min(3, n)),
+            floats.slice(1, max(0, n - 5)),
+            pa.array([None if v is None else "s" for v in values]).dictionary_encode(),
+            pa.array([None if v is None else [1, 2] for v in values]),
+            pa.nulls(n),
+            pa.array(np.arange(n, dtype=np.float64)),
+        ):
+            mask = valid_mask(col)
+            assert mask.dtype == np.bool_ and np.array_equal(mask, np.asarray(col.is_valid())), (col.type, n)
+
+
 def test_values_arrow_refuses_are_rejected_before_they_are_acknowledged() -> None:
     from tradecli.tickstore.schemas import SchemaRegistry
 
