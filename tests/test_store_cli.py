@@ -184,6 +184,22 @@ def test_write_usage_errors(tmp_path: Path) -> None:
         assert hint in result.stderr
 
 
+@pytest.mark.parametrize("sub", [[], ["query"], ["stats"], ["compact"], ["prune", "--dry-run"]])
+def test_every_store_command_starts_numpy_with_one_openblas_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sub: list[str]
+) -> None:
+    """numpy is imported after the command starts; OpenBLAS reads this when it loads."""
+    import os
+
+    store = str(tmp_path / "s")
+    monkeypatch.delenv("OPENBLAS_NUM_THREADS", raising=False)
+    assert invoke(["store", *sub, store, "-q"], input=b"").exit_code == 0
+    assert os.environ.get("OPENBLAS_NUM_THREADS") == "1"
+    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "3")  # the user's own setting stays
+    assert invoke(["store", *sub, store, "-q"], input=b"").exit_code == 0
+    assert os.environ["OPENBLAS_NUM_THREADS"] == "3"
+
+
 def test_bad_records_are_reported_and_the_rest_stored(tmp_path: Path) -> None:
     store = str(tmp_path / "s")
     errors = tmp_path / "errors.ndjson"

@@ -146,6 +146,16 @@ def parse_fsync(text: str) -> tuple[str, float]:
     raise typer.BadParameter(f"{text!r}: use batch, interval:100ms or off", param_hint="--fsync")
 
 
+def lean_numpy() -> None:
+    """One OpenBLAS thread: numpy's OpenBLAS starts a thread per core when it loads, and they
+    spin for a while (0.1 s of CPU and 15 ms of wall clock at every start, taken from the other
+    stages of a pipeline); the store does no linear algebra. Called before numpy is imported,
+    it leaves a setting the user made alone."""
+    import os
+
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+
 # -- write ---------------------------------------------------------------------------------------
 
 
@@ -241,6 +251,7 @@ def command(
 
     Example: trade ingest --source sim --rate 500 | trade enrich | tee >(trade store) | trade screen
     """
+    lean_numpy()
     from tradecli.tickstore.writer import WriterOptions
 
     mode, interval = parse_fsync(fsync)
@@ -364,6 +375,7 @@ def query_command(
 
     Example: trade store query --date 2026-11-20 --type trade | trade enrich | trade screen
     """
+    lean_numpy()
     from tradecli.stages.ingest import _speed
     from tradecli.tickstore.reader import QueryOptions
     from tradecli.tickstore.timeparse import parse_time
@@ -516,6 +528,7 @@ def stats_command(
 
     Example: trade store stats --format json | jq .newest_age_seconds
     """
+    lean_numpy()
     import json
     import sys
 
@@ -570,6 +583,7 @@ def compact_command(
 
     Example: trade store compact --date yesterday
     """
+    lean_numpy()
     from tradecli.tickstore.maintenance import compact
 
     first_day, last_day = parse_date_range(day)
@@ -619,6 +633,7 @@ def prune_command(
 
     Example: trade store prune --older-than 2555d
     """
+    lean_numpy()
     from tradecli.tickstore.maintenance import prune
 
     days = int(parse_duration(older_than) // 86_400)
