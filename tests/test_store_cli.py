@@ -185,19 +185,35 @@ def test_write_usage_errors(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("sub", [[], ["query"], ["stats"], ["compact"], ["prune", "--dry-run"]])
-def test_every_store_command_starts_numpy_with_one_openblas_thread(
+def test_every_store_command_sets_its_process_defaults_unless_the_user_did(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sub: list[str]
 ) -> None:
-    """numpy is imported after the command starts; OpenBLAS reads this when it loads."""
+    """One OpenBLAS thread (numpy is imported after the command starts) and Arrow's jemalloc
+    pool where pyarrow has one."""
     import os
 
+    try:
+        pa.jemalloc_memory_pool()
+        pool = "jemalloc"
+    except NotImplementedError:
+        pool = "system"
     store = str(tmp_path / "s")
-    monkeypatch.delenv("OPENBLAS_NUM_THREADS", raising=False)
-    assert invoke(["store", *sub, store, "-q"], input=b"").exit_code == 0
-    assert os.environ.get("OPENBLAS_NUM_THREADS") == "1"
-    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "3")  # the user's own setting stays
-    assert invoke(["store", *sub, store, "-q"], input=b"").exit_code == 0
-    assert os.environ["OPENBLAS_NUM_THREADS"] == "3"
+    before = pa.default_memory_pool()
+    try:
+        pa.set_memory_pool(pa.system_memory_pool())
+        monkeypatch.delenv("OPENBLAS_NUM_THREADS", raising=False)
+        monkeypatch.delenv("ARROW_DEFAULT_MEMORY_POOL", raising=False)
+        assert invoke(["store", *sub, store, "-q"], input=b"").exit_code == 0
+        assert os.environ.get("OPENBLAS_NUM_THREADS") == "1"
+        assert pa.default_memory_pool().backend_name == pool
+        pa.set_memory_pool(pa.system_memory_pool())
+        monkeypatch.setenv("OPENBLAS_NUM_THREADS", "3")
+        monkeypatch.setenv("ARROW_DEFAULT_MEMORY_POOL", "system")
+        assert invoke(["store", *sub, store, "-q"], input=b"").exit_code == 0
+        assert os.environ["OPENBLAS_NUM_THREADS"] == "3"
+        assert pa.default_memory_pool().backend_name == "system"
+    finally:
+        pa.set_memory_pool(before)
 
 
 def test_bad_records_are_reported_and_the_rest_stored(tmp_path: Path) -> None:

@@ -146,14 +146,25 @@ def parse_fsync(text: str) -> tuple[str, float]:
     raise typer.BadParameter(f"{text!r}: use batch, interval:100ms or off", param_hint="--fsync")
 
 
-def lean_numpy() -> None:
-    """One OpenBLAS thread: numpy's OpenBLAS starts a thread per core when it loads, and they
-    spin for a while (0.1 s of CPU and 15 ms of wall clock at every start, taken from the other
-    stages of a pipeline); the store does no linear algebra. Called before numpy is imported,
-    it leaves a setting the user made alone."""
+def process_defaults() -> None:
+    """Process-wide settings for a store command, made before numpy and pyarrow load; a setting
+    the user made in the environment is left alone.
+
+    * One OpenBLAS thread: numpy's OpenBLAS starts a thread per core when it loads, and they
+      spin for a while (0.1 s of CPU at every start, taken from the other stages of a pipeline
+      on a small machine); the store does no linear algebra.
+    * Arrow's jemalloc pool where pyarrow has it: over a long write it holds about 60 MB less
+      than mimalloc (the default) for the same work and the same CPU, and a replay 60 MB less.
+    """
     import os
+    from contextlib import suppress
 
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    if "ARROW_DEFAULT_MEMORY_POOL" not in os.environ:
+        import pyarrow as pa
+
+        with suppress(NotImplementedError):  # a pyarrow built without jemalloc (macOS, Windows)
+            pa.set_memory_pool(pa.jemalloc_memory_pool())
 
 
 # -- write ---------------------------------------------------------------------------------------
@@ -251,7 +262,7 @@ def command(
 
     Example: trade ingest --source sim --rate 500 | trade enrich | tee >(trade store) | trade screen
     """
-    lean_numpy()
+    process_defaults()
     from tradecli.tickstore.writer import WriterOptions
 
     mode, interval = parse_fsync(fsync)
@@ -375,7 +386,7 @@ def query_command(
 
     Example: trade store query --date 2026-11-20 --type trade | trade enrich | trade screen
     """
-    lean_numpy()
+    process_defaults()
     from tradecli.stages.ingest import _speed
     from tradecli.tickstore.reader import QueryOptions
     from tradecli.tickstore.timeparse import parse_time
@@ -528,7 +539,7 @@ def stats_command(
 
     Example: trade store stats --format json | jq .newest_age_seconds
     """
-    lean_numpy()
+    process_defaults()
     import json
     import sys
 
@@ -583,7 +594,7 @@ def compact_command(
 
     Example: trade store compact --date yesterday
     """
-    lean_numpy()
+    process_defaults()
     from tradecli.tickstore.maintenance import compact
 
     first_day, last_day = parse_date_range(day)
@@ -633,7 +644,7 @@ def prune_command(
 
     Example: trade store prune --older-than 2555d
     """
-    lean_numpy()
+    process_defaults()
     from tradecli.tickstore.maintenance import prune
 
     days = int(parse_duration(older_than) // 86_400)
