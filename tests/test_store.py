@@ -787,6 +787,42 @@ def test_query_goes_out_in_batches_of_at_most_batch_rows(tmp_path: Path) -> None
     assert row_keys(got) == row_keys(input_table(batches))
 
 
+def test_merge_takes_what_lies_before_the_watermark_in_time_order() -> None:
+    from tradecli.tickstore.reader import _merge, _Rows
+
+    rng = np.random.default_rng(11)
+    for _ in range(40):
+        pieces = []
+        for k in range(int(rng.integers(1, 5))):
+            n = int(rng.integers(0, 60))
+            ts = rng.integers(0, 50, n)
+            ts[rng.random(n) < 0.1] = layout.NO_TIME
+            table = pa.table({"ts": ts, "piece": np.full(n, k), "row": np.arange(n)})
+            pieces.append(_Rows(table, np.argsort(ts, kind="stable"), np.sort(ts, kind="stable")))
+        watermark = None if rng.random() < 0.2 else int(rng.integers(0, 55))
+        every = pa.concat_tables([p.table for p in pieces])
+        ts_all = every.column("ts").to_numpy()
+        keys = list(
+            zip(
+                ts_all.tolist(),
+                every.column("piece").to_pylist(),
+                every.column("row").to_pylist(),
+                strict=True,
+            )
+        )
+        want = sorted(k for k in keys if watermark is None or k[0] < watermark)
+        source, chosen, left = _merge(pieces, watermark)
+        got = [] if source is None else source.take(pa.array(chosen)).to_pylist()
+        assert [(g["ts"], g["piece"], g["row"]) for g in got] == want
+        rest = sorted(
+            (int(t), int(r.table.column("piece")[0].as_py()), int(r.table.column("row")[i].as_py()))
+            for r in left
+            for t, i in zip(r.ts.tolist(), r.indices.tolist(), strict=True)
+        )
+        assert rest == sorted(set(keys) - set(want))
+        assert all((np.diff(r.ts) >= 0).all() for r in left)
+
+
 def test_query_filters(tmp_path: Path) -> None:
     batches = sim_batches(8_000, symbols=12)
     store_all(tmp_path, batches)
