@@ -147,21 +147,16 @@ def parse_fsync(text: str) -> tuple[str, float]:
 
 
 def process_defaults(jemalloc: bool = True) -> None:
-    """Process-wide settings for a store command, made before numpy and pyarrow load; a setting
-    the user made in the environment is left alone.
+    """Process-wide settings for a store command; a setting the user made in the environment is
+    left alone.
 
-    * One OpenBLAS thread: numpy's OpenBLAS starts a thread per core when it loads, and they
-      spin for a while (0.1 s of CPU at every start, taken from the other stages of a pipeline
-      on a small machine); the store does no linear algebra.
-    * With ``jemalloc``, Arrow's jemalloc pool where pyarrow has it: over a long write it holds
-      about 60 MB less than mimalloc (the default) for the same work and the same CPU, and an
-      Arrow replay 60 MB less. (An NDJSON replay costs 7% more CPU with it: that one keeps
-      mimalloc.)
+    With ``jemalloc``, Arrow's jemalloc pool where pyarrow has it: over a long write it holds about
+    60 MB less than mimalloc (the default) for the same work and the same CPU, and an Arrow replay
+    60 MB less. (An NDJSON replay costs 7% more CPU with it: that one keeps mimalloc.)
     """
     import os
     from contextlib import suppress
 
-    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     if jemalloc and "ARROW_DEFAULT_MEMORY_POOL" not in os.environ:
         import pyarrow as pa
 

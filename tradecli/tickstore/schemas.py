@@ -19,9 +19,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
-from tradecli.records import coerce_column, describe, from_numpy
+from tradecli.records import coerce_column, describe, from_numpy, malformed, rebuild_dictionaries
 from tradecli.tickstore.layout import valid_type
 
 # (row, field, reason) for each rejected record of a batch
@@ -51,72 +50,6 @@ def valid_mask(col: pa.Array) -> np.ndarray:
     )
     mask: np.ndarray = bits[col.offset :].view(bool)
     return mask
-
-
-def _invalid(arr: pa.Array) -> str | None:
-    try:
-        arr.validate(full=True)
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as err:
-        return str(err)
-    return None
-
-
-def _bad_positions(arr: pa.Array) -> list[int]:
-    """Positions of ``arr`` that fail full validation on their own (halving the search)."""
-    if _invalid(arr) is None:
-        return []
-    if len(arr) == 1:
-        return [0]
-    half = len(arr) // 2
-    return _bad_positions(arr.slice(0, half)) + [half + i for i in _bad_positions(arr.slice(half))]
-
-
-def malformed(batch: pa.RecordBatch) -> list[tuple[int, str | None, str]]:
-    """The rows of a batch that fails full validation, with the field and Arrow's reason."""
-    out: list[tuple[int, str | None, str]] = []
-    bad_rows: set[int] = set()
-    for name, col in zip(batch.schema.names, batch.columns, strict=True):
-        reason = _invalid(col)
-        if reason is None:
-            continue
-        if pa.types.is_dictionary(col.type):
-            # a bad entry of the dictionary spoils the rows that use it, and only those
-            entries = _bad_positions(col.dictionary)
-            indices = col.indices.to_numpy(zero_copy_only=False)
-            valid = np.asarray(col.is_valid())
-            size = len(col.dictionary)
-            outside = valid & ((indices < 0) | (indices >= size))
-            spoiled = valid & np.isin(indices, entries)
-            rows = np.flatnonzero(outside | spoiled).tolist()
-        else:
-            rows = _bad_positions(col)
-        if not rows:  # not a fault of single values: the whole column is unusable
-            rows = list(range(len(col)))
-        for row in rows:
-            if row not in bad_rows:
-                bad_rows.add(row)
-                out.append((row, name, f"field '{name}' cannot be stored: {reason}"))
-    return out
-
-
-def _valid(batch: pa.RecordBatch) -> pa.RecordBatch:
-    """After the malformed rows are gone: rebuild dictionaries that still hold a bad entry."""
-    if batch.num_rows == 0 or _invalid_batch(batch) is None:
-        return batch
-    columns = []
-    for col in batch.columns:
-        if pa.types.is_dictionary(col.type) and _invalid(col) is not None:
-            col = pc.dictionary_encode(col.dictionary_decode()).cast(col.type)
-        columns.append(col)
-    return pa.record_batch(columns, names=batch.schema.names)
-
-
-def _invalid_batch(batch: pa.RecordBatch) -> str | None:
-    try:
-        batch.validate(full=True)
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as err:
-        return str(err)
-    return None
 
 
 def _join(current: pa.DataType, new: pa.DataType) -> pa.DataType | None:
@@ -179,7 +112,10 @@ class SchemaRegistry:
             try:
                 batch.validate(full=True)
             except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-                problems.extend(malformed(batch))
+                problems += [
+                    (row, name, f"field '{name}' cannot be stored: {why}")
+                    for row, name, why in malformed(batch)
+                ]
         names, codes = type_codes(batch)
         counts = np.bincount(codes + 1, minlength=len(names) + 1)
         present = [i for i in range(len(names)) if counts[i + 1]]
@@ -237,7 +173,7 @@ class SchemaRegistry:
             reject(batch, list(first.values()))
         keep = np.ones(batch.num_rows, dtype=bool)
         keep[[row for row, _, _ in problems]] = False
-        return self._convert(_valid(batch.filter(from_numpy(keep))))
+        return self._convert(rebuild_dictionaries(batch.filter(from_numpy(keep))))
 
     def _unstorable(
         self,
