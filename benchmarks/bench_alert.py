@@ -1,7 +1,8 @@
 """alert: the console and dry-run paths, deliveries to a loopback Discord, and the added latency.
 
-* console and ``--dry-run --to discord``: signals from a file, as fast as they go (target >= 50,000
-  alerts/s);
+* console and ``--dry-run`` (Discord, Slack, webhook; e-mail on fewer alerts): signals from a
+  file, as fast as they go (target >= 50,000 alerts/s), with the CPU seconds they took (the wall
+  clock says little on a busy machine), and a long dry run sampling memory (it must stay flat);
 * deliveries per second to the loopback Discord stand-in (no rate limit), for two burst sizes so
   the peak RSS shows whether memory stays bounded (target >= 500/s);
 * the latency added between a signal written into ``trade alert``'s stdin and the webhook request
@@ -21,7 +22,7 @@ from typing import Any
 
 import orjson
 
-from benchmarks.harness import ROOT, Bench, trade
+from benchmarks.harness import GNU_TIME, ROOT, Bench, trade
 
 TS = 1_763_649_000_000_000_000
 
@@ -47,8 +48,74 @@ def _signal(i: int) -> dict[str, Any]:
 def _signals(bench: Bench, count: int) -> Path:
     path = bench.workdir / f"signals-{count}.ndjson"
     if not path.exists():
-        path.write_bytes(b"".join(orjson.dumps(_signal(i)) + b"\n" for i in range(count)))
+        with open(path, "wb") as out:
+            for start in range(0, count, 100_000):
+                stop = min(count, start + 100_000)
+                out.write(b"".join(orjson.dumps(_signal(i)) + b"\n" for i in range(start, stop)))
     return path
+
+
+def _timed(bench: Bench, case: str, args: list[str], events: int, stdin: Path) -> None:
+    """One ``trade alert`` process: wall clock, CPU seconds (user + system) and peak RSS."""
+    bench.log(f"  alert: {case} ...")
+    usage_file = bench.workdir / "alert-time.txt"
+    argv = trade("alert", *args)
+    timed = os.path.exists(GNU_TIME)
+    if timed:
+        argv = [GNU_TIME, "-f", "%U %S %M", "-o", str(usage_file), *argv]
+    with open(stdin, "rb") as source:
+        started = time.perf_counter()
+        proc = subprocess.run(
+            argv, stdin=source, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=bench.env()
+        )
+        elapsed = time.perf_counter() - started
+    if proc.returncode != 0:
+        raise RuntimeError(f"alert/{case}: exit {proc.returncode}")
+    if timed:
+        user, system, peak_kb = usage_file.read_text().split()[-3:]
+        cpu, peak = float(user) + float(system), int(peak_kb) / 1024
+        note = f"CPU {cpu:.2f} s: {events / cpu:,.0f} alerts per CPU-second"
+        bench.record("alert", case, events, elapsed, {"alert": round(peak, 1)}, note)
+    else:
+        bench.record("alert", case, events, elapsed)
+
+
+def _long_run(bench: Bench, events: int) -> None:
+    """A long dry run, sampling the stage's memory as it goes: it must not grow with the run."""
+    import psutil
+
+    path = _signals(bench, events)
+    bench.log(f"  alert: long dry run of {events:,} alerts ...")
+    with open(path, "rb") as source:
+        started = time.perf_counter()
+        proc = subprocess.Popen(
+            trade("alert", "--dry-run", "--to", "discord", "--quiet"),
+            stdin=source,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env=bench.env(),
+        )
+        watched = psutil.Process(proc.pid)
+        samples: list[float] = []
+        while proc.poll() is None:
+            try:
+                samples.append(watched.memory_info().rss / 2**20)
+            except psutil.Error:
+                break
+            time.sleep(0.1)
+        elapsed = time.perf_counter() - started
+    if proc.returncode != 0:
+        raise RuntimeError(f"alert long dry run exited {proc.returncode}")
+    rss = samples or [0.0]
+    marks = [rss[min(len(rss) - 1, int(len(rss) * f))] for f in (0.1, 0.25, 0.5, 0.75, 0.99)]
+    note = (
+        "RSS (MB) at 10/25/50/75/99% of the run: "
+        + " / ".join(f"{m:.0f}" for m in marks)
+        + f"; peak {max(rss):.0f} over {len(rss)} samples"
+    )
+    bench.record(
+        "alert", f"--dry-run --to discord, {events:,} alerts", events, elapsed, {"alert": max(rss)}, note
+    )
 
 
 @contextmanager
@@ -75,14 +142,13 @@ def _standins() -> Any:
 def run(bench: Bench) -> None:
     fast = min(bench.events, 200_000)
     path = _signals(bench, fast)
-    bench.pipeline("alert", "console (stderr to /dev/null)", [trade("alert", "--quiet")], fast, stdin=path)
-    bench.pipeline(
-        "alert",
-        "--dry-run --to discord",
-        [trade("alert", "--dry-run", "--to", "discord", "--quiet")],
-        fast,
-        stdin=path,
-    )
+    _timed(bench, "console (stderr to /dev/null)", ["--quiet"], fast, path)
+    for channel in ("discord", "slack", "webhook"):
+        _timed(bench, f"--dry-run --to {channel}", ["--dry-run", "--to", channel, "--quiet"], fast, path)
+    few = min(fast, 2_000)  # a MIME message each, built by Python's email package
+    email = ["--dry-run", "--to", "email", "--quiet"]
+    _timed(bench, "--dry-run --to email", email, few, _signals(bench, few))
+    _long_run(bench, min(bench.events, 1_000_000))
     standins = _standins()
     state = tempfile.mkdtemp(prefix="trade-bench-alert-")
     for count in (2_000, 20_000):  # ten times the alerts: the peak RSS should not follow

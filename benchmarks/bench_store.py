@@ -78,6 +78,8 @@ def _one(
 
 def _long_run(bench: Bench, events: int) -> None:
     """``ingest | store`` over many records, sampling the store's memory as it goes."""
+    import os
+
     import psutil
 
     store_dir = bench.workdir / "store-long"
@@ -97,28 +99,68 @@ def _long_run(bench: Bench, events: int) -> None:
     assert producer.stdout is not None
     producer.stdout.close()
     watched = psutil.Process(consumer.pid)
-    samples: list[tuple[float, float]] = []
-    while consumer.poll() is None:
-        try:
-            samples.append((time.perf_counter() - started, watched.memory_info().rss / 2**20))
-        except psutil.Error:
+    samples: list[tuple[float, float, float]] = []  # seconds, RSS, anonymous part of RSS (MB)
+    while True:
+        pid, status, usage = os.wait4(consumer.pid, os.WNOHANG)
+        if pid:
+            consumer.returncode = os.waitstatus_to_exitcode(status)
             break
+        try:
+            rss = watched.memory_info().rss / 2**20
+            samples.append((time.perf_counter() - started, rss, _anonymous_mb(consumer.pid, rss)))
+        except psutil.Error:
+            pass
         time.sleep(0.25)
     producer.wait()
     elapsed = time.perf_counter() - started
     if consumer.returncode != 0:
         raise RuntimeError(f"store exited {consumer.returncode} on the long run")
-    rss = [mb for _, mb in samples] or [0.0]
-    marks = [rss[min(len(rss) - 1, int(len(rss) * f))] for f in (0.1, 0.25, 0.5, 0.75, 0.99)]
+    rss_series = [mb for _, mb, _ in samples] or [0.0]
+    anon_series = [mb for _, _, mb in samples] or [0.0]
+    marks = [
+        rss_series[min(len(rss_series) - 1, int(len(rss_series) * f))] for f in (0.1, 0.25, 0.5, 0.75, 0.99)
+    ]
     note = (
         "store RSS (MB) at 10/25/50/75/99% of the run: "
         + " / ".join(f"{m:.0f}" for m in marks)
-        + f"; peak {max(rss):.0f} over {len(rss)} samples (ingest and store run side by side)"
+        + f"; peak {max(rss_series):.0f} over {len(rss_series)} samples (ingest and store run side by side)"
+        + "\n             highest RSS in each tenth of the run: "
+        + " / ".join(f"{m:.0f}" for m in _tenths(rss_series))
+        + "; of it anonymous (heap, not page cache or libraries): "
+        + " / ".join(f"{m:.0f}" for m in _tenths(anon_series))
+        + f"\n             store CPU {usage.ru_utime + usage.ru_stime:.2f} s: "
+        + f"{events / (usage.ru_utime + usage.ru_stime):,.0f} records per CPU-second"
     )
     bench.record(
-        "store", f"long run: sim -> store, {events:,} records", events, elapsed, {"store": max(rss)}, note
+        "store",
+        f"long run: sim -> store, {events:,} records",
+        events,
+        elapsed,
+        {"store": max(rss_series)},
+        note,
     )
     shutil.rmtree(store_dir, ignore_errors=True)
+
+
+def _anonymous_mb(pid: int, fallback: float) -> float:
+    """RssAnon: the process's own memory, without mapped files (its libraries, the WAL segment a
+    roll reads back), which the kernel can drop and reread."""
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("RssAnon:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return fallback
+
+
+def _tenths(series: list[float]) -> list[float]:
+    """The highest value in each tenth of a series: flat when nothing grows."""
+    n = len(series)
+    return (
+        [max(series[i * n // 10 : max((i + 1) * n // 10, i * n // 10 + 1)]) for i in range(10)] if n else []
+    )
 
 
 def run(bench: Bench) -> None:

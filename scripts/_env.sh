@@ -23,8 +23,13 @@ ensure_venv() {
     echo "creating .venv with $python" >&2
     "$python" -m venv .venv
   fi
-  # quiet unless something goes wrong; re-running is cheap when everything is installed
-  .venv/bin/python -m pip install --quiet --disable-pip-version-check -e "$spec" 2>&1 \
-    | grep -v -E '^(WARNING: Location|DEPRECATION)' >&2 || true
-  .venv/bin/python -c 'import tradecli' || { echo "error: installing tradecli failed" >&2; return 1; }
+  # install again only when the package's requirements changed (or another extra is wanted)
+  local stamp
+  stamp=".venv/.installed-$(printf '%s' "$spec" | tr -c 'a-z' '_')-$(cksum < pyproject.toml | cut -d' ' -f1)"
+  if [ ! -e "$stamp" ]; then
+    .venv/bin/python -m pip install --quiet --disable-pip-version-check -e "$spec" 2>&1 \
+      | grep -v -E '^(WARNING: Location|DEPRECATION)' >&2 || true
+    .venv/bin/python -c 'import tradecli' || { echo "error: installing tradecli failed" >&2; return 1; }
+    touch "$stamp"
+  fi
 }

@@ -105,3 +105,25 @@ def test_signal_stops_a_stage_waiting_for_input(signum: int, code: int) -> None:
         proc.stdin.close()
     errors = proc.stderr.read()
     assert b"Traceback" not in errors and b"1 in, 1 out" in errors
+
+
+def test_one_openblas_thread_unless_the_user_set_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+    import signal
+
+    from tradecli.__main__ import main
+
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}  # main() sets its own
+    for preset, expected in ((None, "1"), ("3", "3")):
+        if preset is None:
+            monkeypatch.delenv("OPENBLAS_NUM_THREADS", raising=False)
+        else:
+            monkeypatch.setenv("OPENBLAS_NUM_THREADS", preset)
+        monkeypatch.setattr("sys.argv", ["trade", "--version"])
+        try:
+            with pytest.raises(SystemExit):
+                main()
+        finally:
+            for signum, handler in handlers.items():
+                signal.signal(signum, handler)
+        assert os.environ["OPENBLAS_NUM_THREADS"] == expected

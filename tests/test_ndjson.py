@@ -192,3 +192,25 @@ def test_unknown_text_that_looks_like_a_time_passes_as_written() -> None:
     assert s.counters.rejected == 0
     assert {r["opened_at"] for r in rows(back)} == {"2026-11-23T09:30:00-05:00"}
     assert orjson.loads(write(back, "ndjson").splitlines()[0])["opened_at"] == "2026-11-23T09:30:00-05:00"
+
+
+def test_a_large_batch_encodes_in_parts_to_the_same_bytes() -> None:
+    n = ndjson.PARALLEL_ROWS * 2 + 17
+    values = [float(i) + 0.25 if i % 7 else None for i in range(n)]
+    batch = pa.record_batch(
+        {
+            "type": ["trade"] * n,
+            "symbol": [f"S{i % 13}" for i in range(n)],
+            "price": pa.array(values, pa.float64()),
+            "volume": pa.array(range(n), pa.int64()),
+        }
+    )
+    whole = ndjson._encode(batch)
+    assert ndjson.encode(batch) == whole
+    assert whole.count(b"\n") == n
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(record_batches())
+def test_small_batches_encode_row_by_row_to_the_same_bytes(batch: pa.RecordBatch) -> None:
+    assert ndjson._encode_rows(batch) == ndjson._encode(batch)

@@ -126,6 +126,24 @@ def test_exchange_dates_vectorised_match_zoneinfo_over_two_years() -> None:
         assert layout.day_text(day) == expected.isoformat()
 
 
+@pytest.mark.parametrize(
+    "around",
+    ["2026-03-08T07:00:00Z", "2026-11-01T06:00:00Z", "2026-11-20T05:00:00Z", "1969-12-31T23:00:00Z"],
+)
+@pytest.mark.parametrize("hours", [1, 30, 24 * 6, 24 * 8])
+def test_exchange_dates_of_a_short_stretch_match_zoneinfo(around: str, hours: int) -> None:
+    """A batch spanning a change of offset, midnight, or neither, as a segment would."""
+    rng = np.random.default_rng(hours)
+    middle = parse_time(around)
+    half = hours * 3600 * NS // 2
+    ns = np.sort(rng.integers(middle - half, middle + half, 5_000))
+    ns[:2] = [middle - 1, middle]
+    batch = pa.record_batch({"timestamp": pa.array(ns).cast(pa.timestamp("ns", tz="UTC"))})
+    days = layout.exchange_days(batch, 0)
+    want = [datetime.fromtimestamp(v // NS, UTC).astimezone(NEW_YORK).date().isoformat() for v in ns.tolist()]
+    assert [layout.day_text(d) for d in days.tolist()] == want
+
+
 def test_records_without_timestamp_fall_back_to_recv_ts_then_now() -> None:
     ts = pa.array([None, None, OPEN_NS], pa.int64()).cast(pa.timestamp("ns", tz="UTC"))
     recv = pa.array([OPEN_NS + 86_400 * NS, None, None], pa.int64()).cast(pa.timestamp("ns", tz="UTC"))
@@ -282,6 +300,149 @@ def test_garbage_after_the_last_batch_is_cut_off(tmp_path: Path, garbage: bytes)
     assert found.rows == sum(sizes)
     assert found.problem is not None
     assert found.good_bytes == ends[-1] + 8  # the end-of-stream marker is whole too
+
+
+def test_a_sealed_segment_reads_back_whole_or_not_at_all(tmp_path: Path) -> None:
+    path, _, sizes = _segment_with_boundaries(tmp_path)
+    back = wal.read_sealed(1, path, sum(sizes))
+    assert [b.num_rows for b in back] == sizes
+    assert back[-1].column("note").to_pylist()[0] == "n5"
+    with pytest.raises(OSError, match="does not read back as written"):
+        wal.read_sealed(1, path, sum(sizes) + 1)  # a record acknowledged but not in the file
+    with open(path, "r+b") as handle:
+        handle.truncate(path.stat().st_size - 20)
+    with pytest.raises(OSError, match="does not read back as written"):
+        wal.read_sealed(1, path, sum(sizes))
+
+
+def test_sort_order_is_lexsort_by_keys_then_time() -> None:
+    from tradecli.tickstore.files import sort_order
+
+    rng = np.random.default_rng(3)
+    for n in (0, 1, 2, 17, 5_000):
+        for width in (1, 2, 300, 70_000, 1 << 40):
+            kind = rng.integers(0, 3, n)
+            key = rng.integers(0, width, n)
+            ts = rng.integers(0, 40, n)  # many ties: the input order must break them
+            ts[rng.random(n) < 0.1] = layout.NO_TIME
+            want = np.lexsort((ts, key, kind))
+            assert np.array_equal(sort_order(ts, kind, key), want), (n, width)
+            assert np.array_equal(sort_order(ts, key), np.lexsort((ts, key))), (n, width)
+
+
+def test_appended_batches_are_not_held_in_memory(tmp_path: Path) -> None:
+    """The open segment keeps its records in its file only; the roll reads them back."""
+    import pyarrow.compute as pc
+
+    source = sim_batches(6_000)
+    w = writer(tmp_path, roll_rows=10**9).open()
+    try:
+        before = pa.total_allocated_bytes()
+        for i in range(30):
+            # a fresh copy in Arrow's memory pool each time, dropped once appended
+            rows = pc.take(pa.Table.from_batches(source), pa.array(np.arange(i * 100, i * 100 + 3_000)))
+            w.append(rows.combine_chunks().to_batches()[0])
+            del rows
+        held = pa.total_allocated_bytes() - before
+        assert w.written == 90_000
+        one = pa.Table.from_batches(source).slice(0, 3_000).nbytes
+        assert held < 3 * one, (held, one)  # 30 batches appended, none of them held
+    finally:
+        w.close()
+    assert read_dataset(tmp_path).num_rows == 90_000
+
+
+def _malformed_batch() -> pa.RecordBatch:
+    """Six trades: row 1's trade_id is not UTF-8; rows 3 and 4 use a symbol whose dictionary
+    entry is not UTF-8 (and the dictionary has another bad entry no row uses); row 5's exchange
+    index lies outside its dictionary."""
+    n = 6
+    ts = pa.array([OPEN_NS + i for i in range(n)], pa.int64()).cast(pa.timestamp("ns", tz="UTC"))
+    offsets = pa.array([0, 2, 4, 6, 8, 10, 12], pa.int32()).buffers()[1]
+    trade_id = pa.Array.from_buffers(pa.string(), n, [None, offsets, pa.py_buffer(b"a0\xff\xfea2a3a4a5")])
+    words = pa.Array.from_buffers(
+        pa.string(),
+        4,
+        [None, pa.array([0, 4, 6, 10, 12], pa.int32()).buffers()[1], pa.py_buffer(b"AAPL\xc3(MSFT\xed\xa0")],
+    )
+    symbol = pa.DictionaryArray.from_arrays(pa.array([0, 0, 2, 1, 1, 2], pa.int32()), words)
+    venue = pa.DictionaryArray.from_arrays(
+        pa.array([0, 1, 0, 1, 0, 7], pa.int32()), pa.array(["X", "Y"]), safe=False
+    )
+    return pa.record_batch(
+        {
+            "type": pa.array(["trade"] * n).dictionary_encode(),
+            "symbol": symbol,
+            "timestamp": ts,
+            "price": pa.array([10.0, 11.0, 12.0, 13.0, 14.0, 15.0]),
+            "trade_id": trade_id,
+            "venue": venue,
+        }
+    )
+
+
+def test_valid_mask_matches_is_valid() -> None:
+    from tradecli.tickstore.schemas import valid_mask
+
+    rng = np.random.default_rng(0)
+    for n in (0, 1, 7, 8, 9, 100, 1000):
+        values = [None if rng.random() < 0.3 else float(i) for i in range(n)]
+        floats = pa.array(values, pa.float64())
+        for col in (
+            floats,
+            floats.slice(min(3, n)),
+            floats.slice(1, max(0, n - 5)),
+            pa.array([None if v is None else "s" for v in values]).dictionary_encode(),
+            pa.array([None if v is None else [1, 2] for v in values]),
+            pa.nulls(n),
+            pa.array(np.arange(n, dtype=np.float64)),
+        ):
+            mask = valid_mask(col)
+            assert mask.dtype == np.bool_ and np.array_equal(mask, np.asarray(col.is_valid())), (col.type, n)
+
+
+def test_values_arrow_refuses_are_rejected_before_they_are_acknowledged() -> None:
+    from tradecli.tickstore.schemas import SchemaRegistry
+
+    batch = _malformed_batch()
+    with pytest.raises(pa.ArrowInvalid):
+        batch.validate(full=True)
+    seen: list[tuple[int, str | None, str]] = []
+    kept = SchemaRegistry().admit(batch, lambda _b, problems: seen.extend(problems))
+    assert [(row, field) for row, field, _ in seen] == [
+        (1, "trade_id"),
+        (3, "symbol"),
+        (4, "symbol"),
+        (5, "venue"),
+    ]
+    assert "UTF8" in seen[0][2]
+    table = pa.Table.from_batches(kept)
+    for b in kept:
+        b.validate(full=True)
+    assert table.column("price").to_pylist() == [10.0, 12.0]
+    assert table.column("symbol").cast(pa.string()).to_pylist() == ["AAPL", "MSFT"]
+
+
+def test_a_crash_before_the_roll_keeps_every_acknowledged_record_of_a_malformed_batch(
+    tmp_path: Path,
+) -> None:
+    """The good rows of a batch with malformed values are logged whole, so recovery finds no
+    torn tail and publishes them all, with the batches after them."""
+    good = sim_batches(3_000)
+    log = Log()
+    w = writer(tmp_path / "a", log=log, roll_rows=10**9).open()
+    w.append(_malformed_batch())
+    for batch in good:
+        w.append(batch)
+    segment = w._segment
+    assert segment is not None and w.stored == 2 + 3_000
+    crashed = tmp_path / "b" / "_tradecli" / "wal"
+    crashed.mkdir(parents=True)
+    (crashed / segment.path.name).write_bytes(segment.path.read_bytes())  # as a kill -9 leaves it
+    w.close()
+    writer(tmp_path / "b", log=(after := Log())).open().close()
+    assert not after.warnings
+    assert read_dataset(tmp_path / "b").num_rows == 2 + 3_000
 
 
 def test_a_segment_is_readable_by_any_arrow_reader(tmp_path: Path) -> None:
@@ -613,6 +774,53 @@ def test_query_merges_types_and_files_in_time_order(tmp_path: Path) -> None:
     times = got.column("timestamp").cast(pa.int64()).to_numpy()
     assert (np.diff(times) >= 0).all()
     assert row_keys(got) == row_keys(input_table(batches))
+
+
+def test_query_goes_out_in_batches_of_at_most_batch_rows(tmp_path: Path) -> None:
+    batches = sim_batches(9_000, symbols=25)
+    store_all(tmp_path, batches, roll_rows=4_000)  # files of ~2,000 rows per type
+    out = list(Query(LocalBackend(tmp_path), QueryOptions(batch_rows=700)).batches())
+    assert max(b.num_rows for b in out) <= 700
+    got = pa.concat_tables([pa.Table.from_batches([b]) for b in out], promote_options="permissive")
+    times = got.column("timestamp").cast(pa.int64()).to_numpy()
+    assert (np.diff(times) >= 0).all()
+    assert row_keys(got) == row_keys(input_table(batches))
+
+
+def test_merge_takes_what_lies_before_the_watermark_in_time_order() -> None:
+    from tradecli.tickstore.reader import _merge, _Rows
+
+    rng = np.random.default_rng(11)
+    for _ in range(40):
+        pieces = []
+        for k in range(int(rng.integers(1, 5))):
+            n = int(rng.integers(0, 60))
+            ts = rng.integers(0, 50, n)
+            ts[rng.random(n) < 0.1] = layout.NO_TIME
+            table = pa.table({"ts": ts, "piece": np.full(n, k), "row": np.arange(n)})
+            pieces.append(_Rows(table, np.argsort(ts, kind="stable"), np.sort(ts, kind="stable")))
+        watermark = None if rng.random() < 0.2 else int(rng.integers(0, 55))
+        every = pa.concat_tables([p.table for p in pieces])
+        ts_all = every.column("ts").to_numpy()
+        keys = list(
+            zip(
+                ts_all.tolist(),
+                every.column("piece").to_pylist(),
+                every.column("row").to_pylist(),
+                strict=True,
+            )
+        )
+        want = sorted(k for k in keys if watermark is None or k[0] < watermark)
+        source, chosen, left = _merge(pieces, watermark)
+        got = [] if source is None else source.take(pa.array(chosen)).to_pylist()
+        assert [(g["ts"], g["piece"], g["row"]) for g in got] == want
+        rest = sorted(
+            (int(t), int(r.table.column("piece")[0].as_py()), int(r.table.column("row")[i].as_py()))
+            for r in left
+            for t, i in zip(r.ts.tolist(), r.indices.tolist(), strict=True)
+        )
+        assert rest == sorted(set(keys) - set(want))
+        assert all((np.diff(r.ts) >= 0).all() for r in left)
 
 
 def test_query_filters(tmp_path: Path) -> None:

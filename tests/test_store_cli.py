@@ -184,6 +184,36 @@ def test_write_usage_errors(tmp_path: Path) -> None:
         assert hint in result.stderr
 
 
+@pytest.mark.parametrize(
+    "sub",
+    [[], ["query", "--format", "arrow"], ["query"], ["stats"], ["compact"], ["prune", "--dry-run"]],
+)
+def test_every_store_command_sets_its_process_defaults_unless_the_user_did(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sub: list[str]
+) -> None:
+    """Arrow's jemalloc pool where pyarrow has one, except for a replay to NDJSON."""
+    try:
+        pa.jemalloc_memory_pool()
+        pool = "jemalloc"
+    except NotImplementedError:
+        pool = "system"
+    if sub == ["query"]:
+        pool = "system"  # as it was
+    store = str(tmp_path / "s")
+    before = pa.default_memory_pool()
+    try:
+        pa.set_memory_pool(pa.system_memory_pool())
+        monkeypatch.delenv("ARROW_DEFAULT_MEMORY_POOL", raising=False)
+        assert invoke(["store", *sub, store, "-q"], input=b"").exit_code == 0
+        assert pa.default_memory_pool().backend_name == pool
+        pa.set_memory_pool(pa.system_memory_pool())
+        monkeypatch.setenv("ARROW_DEFAULT_MEMORY_POOL", "system")
+        assert invoke(["store", *sub, store, "-q"], input=b"").exit_code == 0
+        assert pa.default_memory_pool().backend_name == "system"
+    finally:
+        pa.set_memory_pool(before)
+
+
 def test_bad_records_are_reported_and_the_rest_stored(tmp_path: Path) -> None:
     store = str(tmp_path / "s")
     errors = tmp_path / "errors.ndjson"

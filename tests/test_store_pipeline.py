@@ -7,6 +7,7 @@ on disk, each record once; SIGTERM seals; what is stored comes back from ``query
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import io
 import os
@@ -16,7 +17,7 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -166,6 +167,21 @@ def _store_args(target: Target, *extra: str) -> list[str]:
     if target.kind == "s3":
         args += ["--wal-dir", str(target.wal_dir)]
     return args
+
+
+def _logged_bytes(target: Target) -> int:
+    """Bytes in the write-ahead log now (segments come and go as they roll)."""
+    total = 0
+    for path in target.wal_segments():
+        with contextlib.suppress(FileNotFoundError):
+            total += path.stat().st_size
+    return total
+
+
+def _wait_for(condition: Callable[[], bool], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.01)
 
 
 def _pipeline(
@@ -361,7 +377,10 @@ def test_kill_9_at_random_moments_loses_and_duplicates_nothing(target: Target, t
             ),
             target.env,
         )
-        time.sleep(rng.uniform(0.5, 3.0))
+        # kill while records flow, whatever the machine's load: once the log has taken some, and
+        # before the replay (about 1.75 s) can have ended
+        _wait_for(lambda: _logged_bytes(target) > 4096, timeout=30)
+        time.sleep(rng.uniform(0.0, 1.2))
         consumer.send_signal(signal.SIGKILL)
         producer.send_signal(signal.SIGKILL)
         consumer.wait(timeout=30)

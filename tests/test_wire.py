@@ -6,6 +6,7 @@ import io
 import json
 from pathlib import Path
 
+import numpy as np
 import orjson
 import pyarrow as pa
 import pytest
@@ -240,3 +241,25 @@ def test_output_follows_input_format_unless_told() -> None:
     assert ingest_stdin(data, "--format", "ndjson").stdout_bytes.startswith(b"{")
     assert ingest_stdin(good() + b"\n").stdout_bytes.startswith(b"{")
     assert ingest_stdin(good() + b"\n", "--format", "arrow").stdout_bytes[:4] == b"\xff\xff\xff\xff"
+
+
+def test_malformed_arrow_values_are_rejected_row_by_row() -> None:
+    """An IPC reader checks layout only: text that is not UTF-8 or a dictionary index out of range
+    must be caught here, not crash a later stage."""
+    good_ids = [b"1", b"\xff\xfe", b"3"]
+    offsets = np.cumsum([0, *map(len, good_ids)]).astype(np.int32)
+    trade_id = pa.Array.from_buffers(
+        pa.string(), 3, [None, pa.py_buffer(offsets), pa.py_buffer(b"".join(good_ids))]
+    )
+    venue = pa.DictionaryArray.from_arrays(pa.array([0, 0, 5], pa.int32()), pa.array(["XNAS"]), safe=False)
+    batch = (
+        trades(["A", "B", "C"], [1.0, 2.0, 3.0])
+        .append_column("trade_id", trade_id)
+        .append_column("desk", venue)
+    )
+    result = ingest_stdin(arrow_stream(batch), "--format", "ndjson")
+    assert result.exit_code == 0, result.stderr
+    assert [r["symbol"] for r in ndjson_records(result.stdout_bytes)] == ["A"]
+    lines = result.stderr.splitlines()
+    assert lines[0].startswith("trade ingest: stdin batch 1 row 2: field 'trade_id' is malformed Arrow data")
+    assert lines[1].startswith("trade ingest: stdin batch 1 row 3: field 'desk' is malformed Arrow data")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -34,8 +36,14 @@ def main() -> None:
     signal.signal(signal.SIGINT, _stop_while_starting)
     if "pandas" not in sys.modules:
         sys.meta_path.insert(0, _WithoutPandas)  # type: ignore[arg-type]
-    from tradecli.cli import app
-
+    # numpy's OpenBLAS starts a spinning thread per core when it loads (0.1 s of CPU at each
+    # start, taken from the other stages of a pipeline); no stage does linear algebra
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    gc.disable()  # the imports allocate much and free little: collecting during them is waste
+    try:
+        from tradecli.cli import app
+    finally:
+        gc.enable()
     app(prog_name="trade")
 
 

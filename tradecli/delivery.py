@@ -33,12 +33,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from queue import Empty, SimpleQueue
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import orjson
 
 from tradecli.channels import Channel, Outcome
 from tradecli.outbox import Entry, Outbox
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+    from tradecli.channels.columns import Chunk
 
 BACKOFF_CAP = 30.0
 PROBE_CAP = 60.0
@@ -153,8 +158,11 @@ class Engine:
         self.warn = warn
         self.mask = mask
         self.dry_run = dry_run
-        self.receipts: SimpleQueue[dict[str, Any]] = SimpleQueue()
+        self.receipts: SimpleQueue[dict[str, Any] | pa.RecordBatch] = SimpleQueue()
         self.wake = threading.Event()  # set whenever a receipt is posted
+        self.backlog = 0  # receipts posted and not yet collected
+        self.backlog_cap: int | None = None  # submit() waits while the backlog is this large
+        self.room = threading.Condition()
         self.stop_event = threading.Event()
         self.workers: dict[str, Worker] = {}
         self.outstanding: set[tuple[str, str]] = set()  # (alert id, channel key) last seen as queued
@@ -193,86 +201,140 @@ class Engine:
             worker.start()
 
     # -- the reading thread's side ------------------------------------------------------------
-    def submit(self, alerts: list[tuple[str, dict[str, Any]]]) -> None:
-        """Hand alerts (id, signal) to every channel; receipts known at once are posted.
+    def submit(self, chunk: Chunk) -> None:
+        """Hand a batch of alerts to every channel; receipts known at once are posted.
 
-        Once :meth:`stop` has begun nothing more is taken: a batch being handed over when the
-        stop came is finished first (it is in the outbox and gets its receipts).
+        Inline channels and dry runs settle the whole batch here, a column at a time. Once
+        :meth:`stop` has begun nothing more is taken: a batch being handed over when the stop
+        came is finished first (it is in the outbox and gets its receipts). With a
+        ``backlog_cap`` this waits while that many receipts wait to be collected, so memory
+        stays bounded when receipts are written more slowly than alerts come in.
         """
+        self._wait_for_room()
         with self.intake:
             if self.closed:
                 return
             now = time.monotonic()
-            out: list[dict[str, Any]] = []
+            out: list[pa.RecordBatch] = []
             for channel in self.channels:
-                if self.dry_run or channel.inline:
-                    out += self._inline(channel, alerts, now)
+                if self.dry_run:
+                    out.append(self._dry_run(channel, chunk))
+                elif channel.inline:
+                    out.append(self._inline(channel, chunk, now))
                 else:
-                    worker = self.workers[channel.key]
-                    fresh: list[tuple[str, dict[str, Any]]] = []
-                    for alert_id, signal in alerts:
-                        if self.outbox is not None and self.outbox.was_delivered(alert_id, channel.key):
-                            self.duplicates += 1
-                            continue
-                        fresh.append((alert_id, signal))
-                    if self.outbox is not None:
-                        self.outbox.add([Entry(i, channel.key, channel.label, s) for i, s in fresh])
-                    for alert_id, signal in fresh:
-                        worker.put(Item(alert_id, signal, now))
+                    self._queue(channel, chunk, now)
             self.post_many(out)
 
-    def collect(self) -> list[dict[str, Any]]:
-        out = []
+    def _queue(self, channel: Channel, chunk: Chunk, now: float) -> None:
+        """Journal a batch for a worker's channel, then queue it (alerts it delivered before skipped)."""
+        worker = self.workers[channel.key]
+        fresh: list[tuple[str, dict[str, Any]]] = []
+        for alert_id, signal in zip(chunk.ids, chunk.records, strict=True):
+            if self.outbox is not None and self.outbox.was_delivered(alert_id, channel.key):
+                self.duplicates += 1
+                continue
+            fresh.append((alert_id, signal))
+        if self.outbox is not None:
+            self.outbox.add([Entry(i, channel.key, channel.label, s) for i, s in fresh])
+        worker.put_many([Item(alert_id, signal, now) for alert_id, signal in fresh])
+
+    def _wait_for_room(self) -> None:
+        if self.backlog_cap is None:
+            return
+        with self.room:
+            while self.backlog >= self.backlog_cap and not self.closed and not self.stop_event.is_set():
+                self.room.wait(0.1)
+
+    def collect(self) -> list[pa.RecordBatch]:
+        """The receipts posted so far, as record batches in the order they were posted."""
+        from tradecli.receipts import receipts_batch
+
+        out: list[pa.RecordBatch] = []
+        loose: list[dict[str, Any]] = []
+        taken = 0
         while True:
             try:
-                out.append(self.receipts.get_nowait())
+                item = self.receipts.get_nowait()
             except Empty:
-                return out
+                break
+            if isinstance(item, dict):
+                loose.append(item)
+                taken += 1
+                continue
+            if loose:
+                out.append(receipts_batch(loose))
+                loose = []
+            out.append(item)
+            taken += item.num_rows
+        if loose:
+            out.append(receipts_batch(loose))
+        if taken:
+            with self.room:
+                self.backlog -= taken
+                self.room.notify_all()
+        return out
 
     def post(self, receipt: dict[str, Any]) -> None:
+        with self.room:
+            self.backlog += 1
         self.receipts.put(receipt)
         self.wake.set()
 
-    def post_many(self, receipts: list[dict[str, Any]]) -> None:
-        for receipt in receipts:
-            self.receipts.put(receipt)
-        if receipts:
-            self.wake.set()
+    def post_many(self, batches: list[pa.RecordBatch]) -> None:
+        rows = sum(b.num_rows for b in batches)
+        if not rows:
+            return
+        with self.room:
+            self.backlog += rows
+        for batch in batches:
+            if batch.num_rows:
+                self.receipts.put(batch)
+        self.wake.set()
 
-    def _inline(
-        self, channel: Channel, alerts: list[tuple[str, dict[str, Any]]], arrived: float
-    ) -> list[dict[str, Any]]:
-        """Render (and, unless a dry run, write) a batch for an inline channel; its receipts."""
-        items = [(channel.render(signal, alert_id), alert_id) for alert_id, signal in alerts]
-        base: dict[str, Any] = {"type": "alert", "timestamp": time.time_ns(), "channel": channel.label}
-        if self.dry_run:
-            base.update(status="dry-run", attempts=0, latency_ms=0.0, error=None)
-            previews = [channel.preview(rendered) for rendered, _ in items]
-            return [
+    def _dry_run(self, channel: Channel, chunk: Chunk) -> pa.RecordBatch:
+        """Render a batch for a channel; receipts carry the payloads (status dry-run)."""
+        from tradecli.receipts import receipt_columns
+
+        payload = channel.preview_column(chunk)
+        return receipt_columns(chunk, channel.label, "dry-run", attempts=0, latency_ms=0.0, payload=payload)
+
+    def _inline(self, channel: Channel, chunk: Chunk, arrived: float) -> pa.RecordBatch:
+        """Render and write a batch for an inline channel (the console); its receipts."""
+        from tradecli.receipts import receipt_columns, receipts_batch
+
+        outcomes = channel.send_column(chunk)
+        latency = round((time.monotonic() - arrived) * 1000, 3)
+        first = outcomes[0] if outcomes else Outcome(True)
+        if all(o.ok == first.ok and o.error == first.error for o in outcomes):
+            return receipt_columns(
+                chunk,
+                channel.label,
+                "delivered" if first.ok else "failed",
+                attempts=1,
+                latency_ms=latency,
+                error=self.mask(first.error) if first.error else None,
+            )
+        base: dict[str, Any] = {
+            "type": "alert",
+            "timestamp": time.time_ns(),
+            "channel": channel.label,
+            "attempts": 1,
+            "latency_ms": latency,
+        }
+        return receipts_batch(
+            [
                 {
                     **base,
                     "alert_id": alert_id,
+                    "status": "delivered" if outcome.ok else "failed",
+                    "error": self.mask(outcome.error) if outcome.error else None,
                     "symbol": signal.get("symbol"),
                     "strategy": signal.get("strategy"),
                     "signal_ts": signal.get("timestamp"),
-                    "payload": text,
                 }
-                for (alert_id, signal), text in zip(alerts, previews, strict=True)
+                for alert_id, signal, outcome in zip(chunk.ids, chunk.records, outcomes, strict=True)
             ]
-        outcomes = channel.send_many(items)
-        base.update(attempts=1, latency_ms=round((time.monotonic() - arrived) * 1000, 3))
-        return [
-            {
-                **base,
-                "alert_id": alert_id,
-                "status": "delivered" if outcome.ok else "failed",
-                "error": self.mask(outcome.error) if outcome.error else None,
-                "symbol": signal.get("symbol"),
-                "strategy": signal.get("strategy"),
-                "signal_ts": signal.get("timestamp"),
-            }
-            for (alert_id, signal), outcome in zip(alerts, outcomes, strict=True)
-        ]
+        )
 
     def receipt(
         self,
@@ -316,7 +378,7 @@ class Engine:
     def idle(self) -> bool:
         return not any(w.is_alive() for w in self.workers.values())
 
-    def stop(self, grace: float = 2.0) -> list[dict[str, Any]]:
+    def stop(self, grace: float = 2.0) -> list[pa.RecordBatch]:
         """Stop now: let sends in flight finish for up to ``grace`` s; queue everything else."""
         self.stop_event.set()
         deadline = time.monotonic() + grace
@@ -334,7 +396,9 @@ class Engine:
         out: list[dict[str, Any]] = []
         for worker in self.workers.values():
             out += worker.leftovers()
-        return self.collect() + out
+        from tradecli.receipts import receipts_batch
+
+        return self.collect() + ([receipts_batch(out)] if out else [])
 
     def close(self) -> None:
         for channel in self.channels:
@@ -363,6 +427,15 @@ class Worker(threading.Thread):
     def put(self, item: Item) -> None:
         with self.cond:
             self.queue.put(item)
+            self.cond.notify()
+
+    def put_many(self, items: list[Item]) -> None:
+        """Queue a batch of items in order, with one hand-over to the worker."""
+        if not items:
+            return
+        with self.cond:
+            for item in items:
+                self.queue.put(item)
             self.cond.notify()
 
     def finish(self) -> None:

@@ -525,6 +525,65 @@ def _render_ts(col: pa.Array, row: int) -> str:
     return f"{ns} ns (about the year {year:.0f})"
 
 
+def invalid(data: pa.Array | pa.RecordBatch) -> str | None:
+    """Arrow's full validation: why the data is malformed, or None. An IPC reader checks only
+    the layout, so text that is not UTF-8 or a dictionary index out of range gets through it."""
+    try:
+        data.validate(full=True)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as err:
+        return str(err)
+    return None
+
+
+def _bad_positions(arr: pa.Array) -> list[int]:
+    """Positions of ``arr`` that fail full validation on their own (halving the search)."""
+    if invalid(arr) is None:
+        return []
+    if len(arr) == 1:
+        return [0]
+    half = len(arr) // 2
+    return _bad_positions(arr.slice(0, half)) + [half + i for i in _bad_positions(arr.slice(half))]
+
+
+def malformed(batch: pa.RecordBatch) -> list[tuple[int, str, str]]:
+    """The rows of a batch that fails full validation: (row, field, Arrow's reason)."""
+    out: list[tuple[int, str, str]] = []
+    bad_rows: set[int] = set()
+    for name, col in zip(batch.schema.names, batch.columns, strict=True):
+        reason = invalid(col)
+        if reason is None:
+            continue
+        if pa.types.is_dictionary(col.type):
+            # a bad entry of the dictionary spoils the rows that use it, and only those
+            entries = _bad_positions(col.dictionary)
+            indices = col.indices.to_numpy(zero_copy_only=False)
+            valid = np.asarray(col.is_valid())
+            outside = valid & ((indices < 0) | (indices >= len(col.dictionary)))
+            spoiled = valid & np.isin(indices, entries)
+            rows = np.flatnonzero(outside | spoiled).tolist()
+        else:
+            rows = _bad_positions(col)
+        if not rows:  # not a fault of single values: the whole column is unusable
+            rows = list(range(len(col)))
+        for row in rows:
+            if row not in bad_rows:
+                bad_rows.add(row)
+                out.append((row, name, reason))
+    return out
+
+
+def rebuild_dictionaries(batch: pa.RecordBatch) -> pa.RecordBatch:
+    """After the malformed rows are gone: rebuild dictionaries that still hold a bad entry."""
+    if batch.num_rows == 0 or invalid(batch) is None:
+        return batch
+    columns = []
+    for col in batch.columns:
+        if pa.types.is_dictionary(col.type) and invalid(col) is not None:
+            col = pc.dictionary_encode(col.dictionary_decode()).cast(col.type)
+        columns.append(col)
+    return pa.record_batch(columns, names=batch.schema.names)
+
+
 def normalise(batch: pa.RecordBatch) -> tuple[pa.RecordBatch, list[Reject]]:
     """Cast known fields, fill in ``type``, check the rules; return good rows and the rejects.
 

@@ -1,29 +1,18 @@
-"""Process settings that make a batch stage cheaper to run; each is best effort and says why.
+"""Process settings that make a batch stage cheaper to run; best effort, and says why.
 
-A stage frees and reallocates the same large buffers every batch, and numpy brings a BLAS
-thread pool that the stages never use: with the C library's and OpenBLAS's defaults both cost
-CPU that the pipeline's other stages could have had.
+A stage frees and reallocates the same large buffers every batch: with the C library's
+defaults that costs page faults and system time the pipeline's other stages could have had.
+(One OpenBLAS thread, the other such setting, is made in ``tradecli.__main__``.)
 """
 
 from __future__ import annotations
 
-import os
 import sys
 
 M_TRIM_THRESHOLD = -1  # mallopt parameters, from glibc's malloc.h
 M_MMAP_THRESHOLD = -3
 MMAP_MAX = 32 << 20  # glibc's upper bound for M_MMAP_THRESHOLD on 64-bit
 TRIM = 256 << 20
-
-
-def one_blas_thread() -> None:
-    """Ask numpy's OpenBLAS for no worker threads. Call it before numpy is first imported.
-
-    Its worker thread spins (yielding) for a while after numpy's import even when nothing calls
-    BLAS: up to ~40 ms of CPU per process on a two-core machine, less when the other core is
-    busy, for nothing (the stages make no large matrix products). A value the user set is kept.
-    """
-    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 
 def keep_freed_memory() -> None:

@@ -37,7 +37,16 @@ import pyarrow as pa
 from tradecli import ndjson
 from tradecli.errors import DataError, TradeError
 from tradecli.ndjson import MAX_LINE
-from tradecli.records import DICT_STRING, FIELD_TYPES, normalise
+from tradecli.records import (
+    DICT_STRING,
+    FIELD_TYPES,
+    Reject,
+    from_numpy,
+    invalid,
+    malformed,
+    normalise,
+    rebuild_dictionaries,
+)
 from tradecli.runtime import Session
 
 ARROW_STREAM_MAGIC = b"\xff\xff\xff\xff"
@@ -352,30 +361,23 @@ class RecordReader:
         try:
             reader = pa.ipc.open_stream(self.input)
         except (pa.ArrowInvalid, OSError) as err:
-            self._batch_no += 1
-            self.session.counters.records_in += 1
-            self.errors.reject(
-                f"{self._where}batch {self._batch_no}",
-                f"unreadable Arrow stream header ({err})",
-                batch=self._batch_no,
-            )
-            return False
+            return self._unreadable(f"unreadable Arrow stream header ({err})")
         while True:
             try:
                 batch = reader.read_next_batch()
             except StopIteration:
                 return True
             except (pa.ArrowInvalid, OSError) as err:
-                self._batch_no += 1
-                self.session.counters.records_in += 1
-                self.errors.reject(
-                    f"{self._where}batch {self._batch_no}",
-                    f"truncated or corrupt Arrow message ({err})",
-                    batch=self._batch_no,
-                )
-                return False
+                return self._unreadable(f"truncated or corrupt Arrow message ({err})")
             self._batch_no += 1
             yield from self._checked(batch)
+
+    def _unreadable(self, reason: str) -> bool:
+        """Report a damaged Arrow message as one bad batch; the stream cannot go on after it."""
+        self._batch_no += 1
+        self.session.counters.records_in += 1
+        self.errors.reject(f"{self._where}batch {self._batch_no}", reason, batch=self._batch_no)
+        return False
 
     def _checked(self, batch: pa.RecordBatch) -> Iterator[pa.RecordBatch]:
         number = self._batch_no
@@ -465,19 +467,34 @@ def checked(
 ) -> Iterator[pa.RecordBatch]:
     """Normalise a batch; pass on its good rows and report the bad ones by ``where(row)``.
 
+    Arrow input is fully validated first: its reader checks only the layout, and text that is not
+    UTF-8 (or a dictionary index out of range) would break every stage after this one.
     Under --strict the good rows before the first bad one are passed on, then the stage stops.
     """
-    good, bad = normalise(batch)
     errors.session.counters.records_in += batch.num_rows
-    if bad and errors.strict:
-        if bad[0].row:
-            yield good.slice(0, bad[0].row)
+    rejects: list[tuple[int, Reject, dict[str, Any] | None]] = []  # (row in the input, why, record)
+    kept = batch
+    origin = np.arange(batch.num_rows)
+    if invalid(batch) is not None:
+        keep = np.ones(batch.num_rows, dtype=bool)
+        for row, field, reason in malformed(batch):
+            keep[row] = False
+            rejects.append(
+                (row, Reject(row, f"field '{field}' is malformed Arrow data ({reason})", field), None)
+            )
+        origin = np.flatnonzero(keep)
+        kept = rebuild_dictionaries(batch.filter(from_numpy(keep)))
+    good, bad = normalise(kept)
+    rejects += [(int(origin[r.row]), r, _row_as_dict(kept, r.row)) for r in bad]
+    rejects.sort(key=lambda item: item[0])
+    if rejects and errors.strict:
+        first = rejects[0][0]  # every row before it is good, and first in ``good``
+        if first:
+            yield good.slice(0, first)
     elif good.num_rows:
         yield good
-    for r in bad:
-        errors.reject(
-            where(r.row), r.reason, record=_row_as_dict(batch, r.row), field=r.field, **location(r.row)
-        )
+    for row, r, record in rejects:
+        errors.reject(where(row), r.reason, record=record, field=r.field, **location(row))
 
 
 def _count_lines(block: bytes) -> int:

@@ -6,6 +6,9 @@ and ``settings`` carries the environment, the config file's ``[alert]`` table an
 channel shares. A :class:`Channel` renders a signal into its payload and sends it, and says what
 happened as an :class:`Outcome`; retries, pacing, the outbox and receipts are the delivery
 engine's business (:mod:`tradecli.delivery`), so a channel stays a small, testable module.
+The console and ``--dry-run`` settle a whole batch at once (:meth:`Channel.send_column`,
+:meth:`Channel.preview_column`); a channel may build those a column at a time, with the same text
+as its one-alert render.
 
 Adding a channel: write ``tradecli/channels/<kind>.py`` and add ``<kind>`` here.
 """
@@ -18,9 +21,14 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from tradecli.errors import UsageError
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+    from tradecli.channels.columns import Chunk
 
 CHANNELS: tuple[str, ...] = ("console", "discord", "slack", "email", "webhook")
 
@@ -95,6 +103,20 @@ class Channel(ABC):
     def send_many(self, items: list[tuple[Any, str]]) -> list[Outcome]:
         """Deliver several rendered payloads (``(rendered, alert_id)``); inline channels batch them."""
         return [self.send(rendered, alert_id) for rendered, alert_id in items]
+
+    def preview_column(self, chunk: Chunk) -> pa.Array:
+        """:meth:`preview` of every alert of a batch, as a string array (``--dry-run``).
+
+        Alert by alert here; a channel may render a whole batch at once, with the same text.
+        """
+        import pyarrow as pa
+
+        previews = [self.preview(self.render(s, i)) for s, i in zip(chunk.records, chunk.ids, strict=True)]
+        return pa.array(previews, pa.string())
+
+    def send_column(self, chunk: Chunk) -> list[Outcome]:
+        """Deliver every alert of a batch (inline channels): one outcome per alert."""
+        return self.send_many([(self.render(s, i), i) for s, i in zip(chunk.records, chunk.ids, strict=True)])
 
     def ready_at(self) -> float:
         """The monotonic time the next send may start (pacing and rate-limit buckets)."""

@@ -23,15 +23,29 @@ from __future__ import annotations
 
 import re
 import time
-from typing import Any, ClassVar
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import orjson
 
-from tradecli.channels import Channel, Outcome, Settings
+from tradecli.channels import Outcome, Settings
 from tradecli.channels import fields as f
-from tradecli.channels.http import HttpClient, HttpFailure, Response, check_url, retry_after
+from tradecli.channels.http import (
+    HttpClient,
+    PostChannel,
+    Response,
+    check_url,
+    no_url,
+    retry_after,
+    target_url,
+)
 from tradecli.errors import UsageError
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+    from tradecli.channels.columns import Chunk
 
 TARGET = "discord[:URL]"
 ENV = "DISCORD_WEBHOOK_URL"
@@ -110,6 +124,115 @@ def payload(
     return body
 
 
+FIELD_NAMES = ("Symbol", "Entry", "Stop", "Target", "Confidence", "R/R Ratio")
+
+
+def _json(text: str) -> str:
+    return orjson.dumps(text).decode()
+
+
+def payload_column(chunk: Chunk, *, username: str | None = None, avatar_url: str | None = None) -> pa.Array:
+    """:func:`payload` of every signal of a batch as JSON text, built a column at a time.
+
+    Each piece of JSON (a field's value, the title, the description) is made once per distinct
+    value with the same helpers :func:`payload` uses, and Arrow joins the pieces. Where the whole
+    embed would pass Discord's 6,000-unit total, :func:`payload` itself trims that alert.
+    """
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from tradecli.channels.columns import Distinct, strings_of
+
+    no_mentions = f.no_mentions
+    rows = chunk.rows
+    size = np.full(rows, sum(map(len, FIELD_NAMES)), dtype=np.int64)  # units in the embed
+
+    def field(name: str) -> Callable[[str], tuple[str, int]]:
+        def piece(value: str) -> tuple[str, int]:
+            text = clip(no_mentions(value), LIMITS["value"]) or f.NA
+            return f'{{"name":"{name}","value":{_json(text)},"inline":true}}', units(text)
+
+        return piece
+
+    def spread(distinct: Distinct, make: Callable[[Any], tuple[str, int]]) -> pa.Array:
+        nonlocal size
+        made = [make(v) for v in distinct.values]
+        size = size + np.array([m[1] for m in made], dtype=np.int64)[distinct.indices.to_numpy()]
+        return pa.array([m[0] for m in made], pa.string()).take(distinct.indices)
+
+    def title(value: Any) -> tuple[str, int]:
+        text = clip(no_mentions(f"🚨 {(f.text(value) or 'signal').upper()} ALERT"), LIMITS["title"])
+        return _json(text), units(text)
+
+    def description(value: Any) -> tuple[str, int]:
+        message = f.block(value)
+        if not message:
+            return "", 0
+        text = clip(no_mentions(message), LIMITS["description"])
+        return ',"description":' + _json(text), units(text)
+
+    colours = {"long": str(GREEN), "short": str(RED), None: str(GREY)}
+    rr = chunk.rr()
+    rr_distinct = Distinct(strings_of(rr[0], rr[1], lambda x: f.NA if x is None else f"{x:.1f}:1"), rows)
+    fields = [
+        spread(chunk.distinct("symbol"), lambda v: field("Symbol")(f.text(v) or f.NA)),
+        spread(chunk.distinct("entry_price"), lambda v: field("Entry")(f.money(v))),
+        spread(chunk.distinct("stop_loss"), lambda v: field("Stop")(f.money(v))),
+        spread(chunk.distinct("target"), lambda v: field("Target")(f.money(v))),
+        spread(chunk.distinct("confidence"), lambda v: field("Confidence")(f.percent(v))),
+        spread(rr_distinct, lambda v: field("R/R Ratio")(v)),
+    ]
+    if chunk.ids_given:
+        footers = [_json(f"alert {i}") for i in chunk.ids]
+        size += np.array([units(f"alert {i}") for i in chunk.ids], dtype=np.int64)
+        footer = pa.array(footers, pa.string())
+    else:  # hex ids: nothing to escape
+        footer = pc.binary_join_element_wise('"alert ', pa.array(chunk.ids, pa.string()), '"', "")
+        size += len("alert ") + len(chunk.ids[0]) if rows else 0
+    stamps = chunk.iso_times()
+    stamp = pc.binary_join_element_wise(',"timestamp":"', stamps, '"', "").fill_null("")
+    tail: dict[str, Any] = {"allowed_mentions": {"parse": []}}
+    if username:
+        tail["username"] = clip(no_mentions(f.text(username)), MAX_USERNAME)
+    if avatar_url:
+        tail["avatar_url"] = avatar_url
+    pieces = [
+        '{"embeds":[{"type":"rich","title":',
+        spread(chunk.distinct("strategy"), title),
+        ',"color":',
+        Distinct(chunk.side(), rows).strings(lambda side: colours.get(side, str(GREY))),
+        ',"fields":[',
+        fields[0],
+        ",",
+        fields[1],
+        ",",
+        fields[2],
+        ",",
+        fields[3],
+        ",",
+        fields[4],
+        ",",
+        fields[5],
+        '],"footer":{"text":',
+        footer,
+        "}",
+        spread(chunk.distinct("message"), description),
+        stamp,
+        "}]," + orjson.dumps(tail).decode()[1:],
+    ]
+    out = pc.binary_join_element_wise(*pieces, "")
+    over = np.flatnonzero(size > LIMITS["total"])
+    if len(over):  # the total is over Discord's limit: trim these alert by alert
+        texts = out.to_pylist()
+        records = chunk.records
+        for row in over.tolist():
+            body = payload(records[row], chunk.ids[row], username=username, avatar_url=avatar_url)
+            texts[row] = orjson.dumps(body).decode()
+        out = pa.array(texts, pa.string())
+    return out
+
+
 def mask(url: str) -> str:
     """The URL with its token replaced by ``***``."""
     parts = urlsplit(url)
@@ -118,7 +241,7 @@ def mask(url: str) -> str:
     return urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], path, "", ""))
 
 
-class Discord(Channel):
+class Discord(PostChannel):
     kind: ClassVar[str] = "discord"
     global_hold: ClassVar[list[float]] = [0.0]  # a global 429 holds every Discord webhook we use
 
@@ -144,21 +267,13 @@ class Discord(Channel):
     def preview(self, rendered: bytes) -> str:
         return rendered.decode()
 
+    def preview_column(self, chunk: Chunk) -> pa.Array:
+        if chunk.small:
+            return super().preview_column(chunk)
+        return payload_column(chunk, username=self.username, avatar_url=self.avatar_url)
+
     def ready_at(self) -> float:
         return max(self._not_before, self.global_hold[0])
-
-    def send(self, rendered: bytes, alert_id: str) -> Outcome:
-        try:
-            answer = self.client.post(rendered, {})
-        except HttpFailure as failure:
-            return Outcome(
-                False,
-                str(failure),
-                retry=not failure.permanent,
-                stop_channel=failure.permanent,
-                maybe_sent=failure.maybe_sent,
-            )
-        return self.outcome(answer)
 
     def outcome(self, answer: Response) -> Outcome:
         status = answer.status
@@ -186,27 +301,13 @@ class Discord(Channel):
             return Outcome(False, message, stop_channel=True, auth=status in (401, 403))
         return Outcome(False, message)  # 400 Invalid Form Body, 413: this alert only
 
-    def close(self) -> None:
-        self.client.close()
-
 
 def from_target(arg: str | None, settings: Settings) -> Discord:
-    url = arg
-    if url:
-        if not settings.dry_run:
-            settings.warn(
-                "the Discord webhook URL on the command line is visible to other users (ps); "
-                f"prefer {ENV} or [alert.discord] webhook_url in the config file"
-            )
-    else:
-        url = settings.setting("discord", "webhook_url", ENV)
+    url = target_url(arg, settings, "discord", "webhook_url", ENV)
     if not url:
         if settings.dry_run:  # a preview needs no webhook
             preview = Discord("https://discord.com/api/webhooks/0/none", settings)
             preview.label = "discord"
             return preview
-        raise UsageError(
-            f"--to discord: no webhook URL; give --to discord:URL, set {ENV}, "
-            "or webhook_url in [alert.discord] of the config file"
-        )
-    return Discord(str(url), settings)
+        raise no_url("discord", "webhook_url", ENV)
+    return Discord(url, settings)

@@ -19,12 +19,14 @@ import http.client
 import ipaddress
 import socket
 import ssl
+from abc import abstractmethod
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import SplitResult, unquote, urlsplit
 
 from tradecli import __version__
+from tradecli.channels import Channel, Outcome, Settings
 from tradecli.errors import UsageError
 
 USER_AGENT = f"tradecli/{__version__}"
@@ -236,3 +238,55 @@ class HttpClient:
             conn, self._conn = self._conn, None
             with contextlib.suppress(OSError):
                 conn.close()
+
+
+class PostChannel(Channel):
+    """A channel that POSTs each rendered alert to one URL; a subclass reads the answer."""
+
+    client: HttpClient
+
+    def headers(self, rendered: bytes, alert_id: str) -> dict[str, str]:
+        return {}
+
+    def send(self, rendered: bytes, alert_id: str) -> Outcome:
+        try:
+            answer = self.client.post(rendered, self.headers(rendered, alert_id))
+        except HttpFailure as failure:  # no answer at all: try again, unless trying cannot help
+            return Outcome(
+                False,
+                str(failure),
+                retry=not failure.permanent,
+                stop_channel=failure.permanent,
+                maybe_sent=failure.maybe_sent,
+            )
+        return self.outcome(answer)
+
+    @abstractmethod
+    def outcome(self, answer: Response) -> Outcome:
+        """What the server's answer means for this alert and this channel."""
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def target_url(
+    arg: str | None, settings: Settings, kind: str, key: str, env: str, *, warn: bool = True
+) -> str | None:
+    """``--to KIND:URL``, else the environment, else ``[alert.KIND] key``; None when none has one.
+
+    A URL on the command line is a credential anyone on the machine can read in ``ps``: say so.
+    """
+    if not arg:
+        value = settings.setting(kind, key, env)
+        return str(value) if value else None
+    if warn and not settings.dry_run:
+        settings.warn(
+            f"the {kind} URL on the command line is visible to other users (ps); "
+            f"prefer {env} or [alert.{kind}] {key} in the config file"
+        )
+    return arg
+
+
+def no_url(kind: str, key: str, env: str, noun: str = "webhook URL") -> UsageError:
+    where = f"[alert.{kind}] of the config file"
+    return UsageError(f"--to {kind}: no {noun}; give --to {kind}:URL, set {env}, or {key} in {where}")

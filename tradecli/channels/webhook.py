@@ -27,9 +27,17 @@ from urllib.parse import urlsplit, urlunsplit
 
 import orjson
 
-from tradecli.channels import Channel, Outcome, Settings
-from tradecli.channels.http import HttpClient, HttpFailure, Response, check_url, is_loopback, retry_after
-from tradecli.errors import UsageError
+from tradecli.channels import Outcome, Settings
+from tradecli.channels.http import (
+    HttpClient,
+    PostChannel,
+    Response,
+    check_url,
+    is_loopback,
+    no_url,
+    retry_after,
+    target_url,
+)
 
 TARGET = "webhook[:URL]"
 ENV = "TRADE_WEBHOOK_URL"
@@ -50,7 +58,7 @@ def body(signal: dict[str, Any], alert_id: str) -> bytes:
     return orjson.dumps({**signal, "alert_id": alert_id}, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
-class Webhook(Channel):
+class Webhook(PostChannel):
     kind: ClassVar[str] = "webhook"
 
     def __init__(self, url: str, secret: str | None, settings: Settings) -> None:
@@ -68,23 +76,13 @@ class Webhook(Channel):
     def preview(self, rendered: bytes) -> str:
         return rendered.decode()
 
-    def send(self, rendered: bytes, alert_id: str) -> Outcome:
+    def headers(self, rendered: bytes, alert_id: str) -> dict[str, str]:
         headers = {"X-Trade-Alert-Id": alert_id, "Idempotency-Key": alert_id}
         if self.secret is not None:
             now = int(time.time())
             headers["X-Trade-Timestamp"] = str(now)
             headers["X-Trade-Signature"] = sign(self.secret, now, rendered)
-        try:
-            answer = self.client.post(rendered, headers)
-        except HttpFailure as failure:
-            return Outcome(
-                False,
-                str(failure),
-                retry=not failure.permanent,
-                stop_channel=failure.permanent,
-                maybe_sent=failure.maybe_sent,
-            )
-        return self.outcome(answer)
+        return headers
 
     def outcome(self, answer: Response) -> Outcome:
         status = answer.status
@@ -99,27 +97,17 @@ class Webhook(Channel):
             return Outcome(False, message, stop_channel=True, auth=status in (401, 403))
         return Outcome(False, message)
 
-    def close(self) -> None:
-        self.client.close()
-
 
 def from_target(arg: str | None, settings: Settings) -> Webhook:
-    url = arg
-    if url:
-        if not settings.dry_run and (urlsplit(url).path.strip("/") or urlsplit(url).query):
-            settings.warn(
-                "the webhook URL on the command line is visible to other users (ps); "
-                f"prefer {ENV} or [alert.webhook] url in the config file"
-            )
-    else:
-        url = settings.setting("webhook", "url", ENV)
+    secretive = bool(
+        arg and (urlsplit(arg).path.strip("/") or urlsplit(arg).query)
+    )  # a bare host is no secret
+    url = target_url(arg, settings, "webhook", "url", ENV, warn=secretive)
     secret = settings.setting("webhook", "secret", SECRET_ENV)
     if not url:
         if settings.dry_run:  # a preview needs no URL
             preview = Webhook("https://localhost/none", None, settings)
             preview.label = "webhook"
             return preview
-        raise UsageError(
-            f"--to webhook: no URL; give --to webhook:URL, set {ENV}, or url in [alert.webhook] of the config"
-        )
-    return Webhook(str(url), str(secret) if secret else None, settings)
+        raise no_url("webhook", "url", ENV, noun="URL")
+    return Webhook(url, str(secret) if secret else None, settings)

@@ -234,25 +234,23 @@ class FileReplay:
         if kind == "parquet":
             parquet = pq.ParquetFile(data)
             batches: Iterator[pa.RecordBatch] = parquet.iter_batches(batch_size=65_536)
-            total_rows = parquet.metadata.num_rows or 1
+            parts = max(1, -(-(parquet.metadata.num_rows or 0) // 65_536))
         else:
             arrow_file = pa.ipc.open_file(data)
             batches = (arrow_file.get_batch(i) for i in range(arrow_file.num_record_batches))
-            total_rows = (
-                sum(arrow_file.get_batch(i).num_rows for i in range(arrow_file.num_record_batches)) or 1
-            )
+            parts = max(1, arrow_file.num_record_batches)
         size = os.path.getsize(label) if os.path.exists(label) else 0
-        offset = 0
+        row = 1
         for batch in batches:
-            first = offset
-            yield from checked(
-                prepare(batch),
-                self.errors,
-                lambda r, f=first: f"{label} row {f + r + 1}",  # type: ignore[misc]
-                lambda r, f=first: {"row": f + r + 1},  # type: ignore[misc]
-            )
-            offset += batch.num_rows
-            self.progress(int(size * batch.num_rows / total_rows))
+            yield from self._checked(batch, label, "row", row)
+            row += batch.num_rows
+            self.progress(size // parts)
+
+    def _checked(self, batch: pa.RecordBatch, label: str, unit: str, first: int) -> Iterator[pa.RecordBatch]:
+        """Good rows of a file's batch; a bad one is named '<file> <unit> <n>' (row or line number)."""
+        yield from checked(
+            prepare(batch), self.errors, lambda r: f"{label} {unit} {first + r}", lambda r: {unit: first + r}
+        )
 
     def _csv(self, source: Input, label: str) -> Iterator[pa.RecordBatch]:
         import pyarrow.csv as pacsv
@@ -275,16 +273,10 @@ class FileReplay:
             )
         except (pa.ArrowInvalid, OSError) as err:
             raise TradeError(f"{label}: not a CSV file I can read ({err})", 65) from err
-        line = 2
+        line = 2  # the header is line 1
         before = 0
         for batch in reader:
-            first = line
-            yield from checked(
-                prepare(batch),
-                self.errors,
-                lambda r, f=first: f"{label} line {f + r}",  # type: ignore[misc]
-                lambda r, f=first: {"line": f + r},  # type: ignore[misc]
-            )
+            yield from self._checked(batch, label, "line", line)
             line += batch.num_rows
             self.progress(source.bytes_read - before)
             before = source.bytes_read

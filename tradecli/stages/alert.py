@@ -29,10 +29,10 @@ passwords come from the environment or the config file and never appear in any o
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Annotated, Any
@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from tradecli.errors import UsageError
+from tradecli.identity import ID_FIELDS, alert_id
 from tradecli.options import Common, parse_duration, split_list, stage_options
 
 if TYPE_CHECKING:
@@ -50,17 +51,16 @@ if TYPE_CHECKING:
     from tradecli.runtime import Session
     from tradecli.wire import ErrorSink, RecordReader, RecordWriter
 
-ID_FIELDS = (
-    "strategy",
-    "symbol",
-    "timestamp",
-    "side",
-    "signal_type",
-    "entry_price",
-    "stop_loss",
-    "target",
-    "message",
-)
+__all__ = [
+    "ID_FIELDS",
+    "AlertOptions",
+    "alert",
+    "alert_id",
+    "command",
+    "receipts_batch",
+    "select",
+    "to_records",
+]
 DEFAULTS: dict[str, Any] = {"retries": 5, "backoff": 0.5, "timeout": 10.0}
 
 
@@ -76,19 +76,6 @@ class AlertOptions:
     timeout: float = 10.0
     subject: str | None = None
     ca_file: str | None = None
-
-
-def alert_id(signal: Mapping[str, Any]) -> str:
-    """A stable id: the signal's own ``alert_id``, else a hash of the fields that make it this signal.
-
-    The fields are those of ID_FIELDS as the record carries them (times as integer ns), so the same
-    signal gets the same id however often it is sent, replayed or read back from the outbox.
-    """
-    given = signal.get("alert_id")
-    if isinstance(given, str) and given:
-        return given
-    key = "\x1f".join(map(str, map(signal.get, ID_FIELDS)))
-    return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:20]
 
 
 @dataclass
@@ -163,75 +150,22 @@ def select(
 
 def to_records(batch: pa.RecordBatch) -> list[dict[str, Any]]:
     """Rows as dicts, times as integer ns; a null field is None. Converts a column at a time."""
-    import numpy as np
-    import pyarrow as pa
+    from tradecli.channels.columns import to_records as rows
 
-    if batch.num_rows <= 32:  # a few alerts (the live case): the row-wise conversion is quicker
-        columns = [
-            c.cast(pa.int64()) if pa.types.is_timestamp(c.type) and c.type.unit == "ns" else c
-            for c in batch.columns
-        ]
-        if not any(pa.types.is_timestamp(c.type) or pa.types.is_temporal(c.type) for c in columns):
-            return pa.record_batch(columns, names=batch.schema.names).to_pylist()  # type: ignore[no-any-return]
-    values: list[list[Any]] = []
-    for col in batch.columns:
-        t = col.type
-        if pa.types.is_dictionary(t):
-            col = col.dictionary_decode()
-            t = col.type
-        if pa.types.is_timestamp(t):
-            col = col.cast(pa.timestamp("ns", tz=t.tz)).cast(pa.int64())
-            t = col.type
-        if pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t):
-            items = (
-                col.fill_null(False if pa.types.is_boolean(t) else 0).to_numpy(zero_copy_only=False).tolist()
-            )
-            if col.null_count:
-                nulls = np.asarray(col.is_null()).tolist()
-                items = [None if null else v for v, null in zip(items, nulls, strict=True)]
-        elif pa.types.is_string(t) or pa.types.is_large_string(t):
-            items = col.to_numpy(zero_copy_only=False).tolist()
-        elif pa.types.is_date(t) or pa.types.is_time(t) or pa.types.is_duration(t):
-            items = col.cast(pa.string()).to_pylist()
-        else:
-            items = col.to_pylist()
-        values.append(items)
-    names = batch.schema.names
-    return [dict(zip(names, row, strict=True)) for row in zip(*values, strict=True)]
+    return rows(batch)
 
 
 def receipts_batch(receipts: list[dict[str, Any]]) -> pa.RecordBatch:
     """Receipt dicts as one record batch in the wire's field types."""
-    import pyarrow as pa
+    from tradecli.receipts import receipts_batch as build
 
-    from tradecli.records import DICT_STRING, TIMESTAMP
+    return build(receipts)
 
-    def col(name: str) -> list[Any]:
-        return [r.get(name) for r in receipts]
 
-    def text(name: str) -> pa.Array:
-        return pa.array([v if isinstance(v, str) else None for v in col(name)], pa.string())
-
-    def times(name: str) -> pa.Array:
-        values = [v if isinstance(v, int) and not isinstance(v, bool) else None for v in col(name)]
-        return pa.array(values, pa.int64()).cast(TIMESTAMP)
-
-    arrays = {
-        "type": text("type").dictionary_encode().cast(DICT_STRING),
-        "timestamp": times("timestamp"),
-        "alert_id": text("alert_id"),
-        "channel": text("channel"),
-        "status": text("status"),
-        "attempts": pa.array(col("attempts"), pa.int64()),
-        "latency_ms": pa.array(col("latency_ms"), pa.float64()),
-        "error": text("error"),
-        "symbol": text("symbol").dictionary_encode().cast(DICT_STRING),
-        "strategy": text("strategy"),
-        "signal_ts": times("signal_ts"),
-    }
-    if any("payload" in r for r in receipts):
-        arrays["payload"] = text("payload")
-    return pa.record_batch(list(arrays.values()), names=list(arrays))
+CHUNK = 8192  # alerts handed to the channels at once: bounds the memory one batch takes
+QUEUED_CHUNK = 2048  # the same when alerts are queued for workers: fewer rows as dicts at once
+BACKLOG = 4 * CHUNK  # receipts waiting to be written before the reading thread waits
+WRITE_EVERY = 0.05  # seconds: receipts settled one by one are written at most this often
 
 
 class Alerter:
@@ -310,12 +244,14 @@ class Alerter:
         self.skipped += chosen.skipped
         self.filtered += chosen.filtered
         self.missing_symbol += chosen.missing_symbol
-        step = 2048  # bounds the Python objects alive at once, however large the input batch
-        for start in range(0, chosen.signals.num_rows, step):
-            records = to_records(chosen.signals.slice(start, step))
-            self.engine.submit([(alert_id(r), r) for r in records])
+        from tradecli.channels.columns import Chunk
 
-    def collect(self) -> list[dict[str, Any]]:
+        engine = self.engine
+        step = CHUNK if engine.dry_run or all(c.inline for c in engine.channels) else QUEUED_CHUNK
+        for start in range(0, chosen.signals.num_rows, step):
+            engine.submit(Chunk(chosen.signals.slice(start, step)))
+
+    def collect(self) -> list[pa.RecordBatch]:
         return self.engine.collect()
 
     def finish(self) -> None:
@@ -324,7 +260,7 @@ class Alerter:
     def idle(self) -> bool:
         return self.engine.idle()
 
-    def stop(self) -> list[dict[str, Any]]:
+    def stop(self) -> list[pa.RecordBatch]:
         return self.engine.stop()
 
     def close(self) -> None:
@@ -349,20 +285,14 @@ def alert(
     try:
         for batch in batches:
             alerter.feed(batch)
-            got = alerter.collect()
-            if got:
-                yield receipts_batch(got)
+            yield from alerter.collect()
         alerter.finish()
         while not alerter.idle():
             alerter.engine.wake.wait(0.2)
             alerter.engine.wake.clear()
-            got = alerter.collect()
-            if got:
-                yield receipts_batch(got)
+            yield from alerter.collect()
         finished = True
-        got = alerter.collect()
-        if got:
-            yield receipts_batch(got)
+        yield from alerter.collect()
     finally:
         if not finished:
             alerter.stop()
@@ -434,19 +364,36 @@ def _serve(
 ) -> None:
     from queue import Empty
 
+    from tradecli.receipts import status_counts
+
     counts = {"delivered": 0, "failed": 0}
-    held: list[dict[str, Any]] = []
+    held: list[pa.RecordBatch] = []
     format_known = source is None or format_given
     wake = alerter.engine.wake
+    last_write = -WRITE_EVERY
 
-    def emit() -> None:
-        nonlocal held
+    def emit(force: bool = True) -> None:
+        """Write the receipts held; unless ``force``, at most once every WRITE_EVERY seconds (or
+        when a batch's worth is held), so a burst of single receipts is written in batches."""
+        nonlocal held, last_write
+        if not held or not format_known:
+            return
+        now = time.monotonic()
+        if not force and now - last_write < WRITE_EVERY and sum(b.num_rows for b in held) < CHUNK:
+            return
+        batches, held = held, []
+        last_write = now
+        for batch in batches:
+            for status, count in status_counts(batch).items():
+                if status in counts:
+                    counts[status] += count
+            writer.write(batch)
+
+    def pause() -> float:
+        """How long to wait for news: until held receipts are due, at most half a second."""
         if held and format_known:
-            batch, held = held, []
-            for r in batch:
-                if r["status"] in counts:
-                    counts[r["status"]] += 1
-            writer.write(receipts_batch(batch))
+            return max(0.0, min(0.5, last_write + WRITE_EVERY - time.monotonic()))
+        return 0.5
 
     if source is None:
         alerter.finish()
@@ -470,7 +417,7 @@ def _serve(
                 else:
                     raise value
             held += alerter.collect()
-            emit()
+            emit(force=False)
             if alerter.outbox is not None:
                 alerter.outbox.sync()
             if input_done and alerter.idle():
@@ -478,7 +425,7 @@ def _serve(
                 emit()
                 break
             with session.stopper.blocking():
-                wake.wait(0.5)
+                wake.wait(pause())
     except BaseException as ending:
         held += alerter.stop()
         format_known = True
@@ -726,6 +673,7 @@ def command(
             add_secret=log.add_secret,
             flushing=flush_outbox,
         )
+        alerter.engine.backlog_cap = BACKLOG  # the reading thread waits for the writer
         known = _Format()
         writer = common.writer(session, like=known)
         source = None

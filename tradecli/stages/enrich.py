@@ -268,9 +268,6 @@ def command(
 
     Example: trade ingest --source sim | trade enrich --ema 9,21 --macd 12,26,9 | trade screen
     """
-    from tradecli.tuning import one_blas_thread
-
-    one_blas_thread()  # before numpy's first import
     spec = build_spec(
         sma=sma,
         ema=ema,

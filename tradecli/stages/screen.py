@@ -451,9 +451,6 @@ def command(
 
     Example: trade ingest --source sim | trade enrich | trade screen | trade alert
     """
-    from tradecli.tuning import one_blas_thread
-
-    one_blas_thread()  # before numpy's first import
     options = ScreenOptions(
         strategies=list(strategy or []),
         strategies_file=strategies_file,

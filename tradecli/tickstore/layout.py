@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
+from zoneinfo import ZoneInfo
 
 import numpy as np
 import pyarrow as pa
@@ -13,6 +14,7 @@ import pyarrow.compute as pc
 from tradecli.records import from_numpy
 
 EXCHANGE_TZ = "America/New_York"
+_NEW_YORK = ZoneInfo(EXCHANGE_TZ)
 DAY_NS = 86_400 * 10**9
 EPOCH = date(1970, 1, 1)
 NO_TIME = np.iinfo(np.int64).max  # sorts a missing timestamp after every real one
@@ -138,10 +140,36 @@ def exchange_days(batch: pa.RecordBatch, fallback_ns: int) -> np.ndarray:
     filed under its ``recv_ts``, else under ``fallback_ns`` (when it was stored).
     """
     ns = event_ns(batch, fallback_ns)
+    offset = _one_offset(ns)
+    if offset is not None:
+        same: np.ndarray = np.floor_divide(ns + offset, DAY_NS)
+        return same
     stamps = from_numpy(ns, type=pa.timestamp("ns", tz=EXCHANGE_TZ))
     local = np.asarray(pc.local_timestamp(stamps).cast(pa.int64()).to_numpy(), dtype=np.int64)
     days: np.ndarray = np.floor_divide(local, DAY_NS)
     return days
+
+
+def _one_offset(ns: np.ndarray) -> int | None:
+    """New York's UTC offset in ns when it is the same for every one of these times, else None.
+
+    Times less than a week apart with the same offset at both ends have no change of offset
+    between them (New York's two changes a year are months apart): then the date is plain
+    arithmetic, ten times faster than looking up the zone for each value.
+    """
+    if not len(ns):
+        return None
+    lo, hi = int(ns.min()), int(ns.max())
+    if hi - lo >= 7 * DAY_NS:
+        return None
+    try:
+        offsets = {datetime.fromtimestamp(t // 10**9, _NEW_YORK).utcoffset() for t in (lo, hi)}
+    except (OverflowError, OSError, ValueError):
+        return None
+    if len(offsets) != 1:
+        return None
+    offset = offsets.pop()
+    return None if offset is None else int(offset.total_seconds()) * 10**9
 
 
 def event_ns(batch: pa.RecordBatch, fallback_ns: int) -> np.ndarray:

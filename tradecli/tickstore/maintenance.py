@@ -259,7 +259,7 @@ def _sorted(table: pa.Table) -> pa.Table:
         if "timestamp" in table.column_names
         else np.zeros(table.num_rows, dtype=np.int64)
     )
-    return table.take(from_numpy(np.lexsort((ts, ranks))))
+    return table.take(from_numpy(files.sort_order(ts, ranks.astype(np.int64))))
 
 
 def merge(backend: Backend, rtype: str, day: str, group: list[FileInfo]) -> tuple[pa.Table, list[str]]:

@@ -310,9 +310,15 @@ class Query:
                 watermark = None if last else opened[i + 1].order
                 if watermark is not None and min(r.first for r in pending) >= watermark:
                     continue  # nothing can go out before the next file is in
-                out, pending = _merge(pending, watermark)
-                if out is not None:
-                    yield self._output(out)
+                source, chosen, pending = _merge(pending, watermark)
+                if source is not None:
+                    # gathered a batch at a time: the copy stays in the CPU cache and in memory
+                    # the allocator already has, and the first records go out sooner
+                    source = self._output(source)
+                    step = self.options.batch_rows
+                    for start in range(0, len(chosen), step):
+                        yield source.take(from_numpy(chosen[start : start + step]))
+                    del source
         finally:
             prefetch.shutdown(wait=True, cancel_futures=True)
             for f in opened:
@@ -349,34 +355,33 @@ class _Rows:
         return int(self.ts[0])
 
 
-def _merge(pending: list[_Rows], watermark: int | None) -> tuple[pa.Table | None, list[_Rows]]:
-    """The rows earlier than ``watermark`` (all, when None) in time order; the rest stay pending.
+def _merge(pending: list[_Rows], watermark: int | None) -> tuple[pa.Table | None, np.ndarray, list[_Rows]]:
+    """The rows earlier than ``watermark`` (all, when None) in time order, as a table and the
+    row numbers to take from it in that order (ties in the order of the pieces); the rest stay
+    pending.
 
     Each row is copied once, when it goes out: pending rows are kept as indices into the tables
     they were read in.
     """
-    sizes = [len(r.indices) for r in pending]
-    offsets = np.cumsum([0, *sizes])
-    ts = np.concatenate([r.ts for r in pending])
-    order = np.argsort(ts, kind="stable")  # sorted runs, one per table: a merge
-    cut = len(order) if watermark is None else int(np.searchsorted(ts[order], watermark, side="left"))
-    if cut == 0:
-        return None, pending
+    # each piece is in time order, so what goes out is a prefix of each: merge only those
+    cuts = [
+        len(r.ts) if watermark is None else int(np.searchsorted(r.ts, watermark, side="left"))
+        for r in pending
+    ]
+    if not any(cuts):
+        return None, np.zeros(0, dtype=np.int64), pending
+    order = np.argsort(np.concatenate([r.ts[:c] for r, c in zip(pending, cuts, strict=True)]), kind="stable")
     starts = np.cumsum([0, *(r.table.num_rows for r in pending)])  # where each table begins
-    global_rows = np.concatenate([r.indices + starts[k] for k, r in enumerate(pending)])
-    chosen = global_rows[order[:cut]]
+    global_rows = np.concatenate(
+        [r.indices[:c] + starts[k] for k, (r, c) in enumerate(zip(pending, cuts, strict=True))]
+    )
+    chosen = global_rows[order]
     tables = [r.table for r in pending]
     source = tables[0] if len(tables) == 1 else pa.concat_tables(tables, promote_options="permissive")
-    out = source.take(from_numpy(chosen))
-    left: list[_Rows] = []
-    if cut < len(order):
-        rest = np.sort(order[cut:])  # positions in ts, which is grouped by piece
-        for k, r in enumerate(pending):
-            lo, hi = np.searchsorted(rest, [offsets[k], offsets[k + 1]])
-            if hi > lo:
-                keep = rest[lo:hi] - offsets[k]
-                left.append(_Rows(r.table, r.indices[keep], r.ts[keep]))
-    return out, left
+    left = [
+        _Rows(r.table, r.indices[c:], r.ts[c:]) for r, c in zip(pending, cuts, strict=True) if c < len(r.ts)
+    ]
+    return source, chosen, left
 
 
 def query(backend: Backend, options: QueryOptions) -> Iterator[pa.RecordBatch]:

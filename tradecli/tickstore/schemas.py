@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 
-from tradecli.records import coerce_column, describe, from_numpy
+from tradecli.records import coerce_column, describe, from_numpy, malformed, rebuild_dictionaries
 from tradecli.tickstore.layout import valid_type
 
 # (row, field, reason) for each rejected record of a batch
@@ -35,6 +35,21 @@ def type_codes(batch: pa.RecordBatch) -> tuple[list[str | None], np.ndarray]:
     names = col.dictionary.cast(pa.string()).to_pylist()
     codes = col.indices.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int32)
     return names, codes
+
+
+def valid_mask(col: pa.Array) -> np.ndarray:
+    """Which values are not null, as numpy booleans: the validity bitmap unpacked (ten times
+    faster than converting ``is_valid()``)."""
+    if not col.null_count:
+        return np.ones(len(col), dtype=bool)
+    bitmap = col.buffers()[0]
+    if bitmap is None or pa.types.is_null(col.type) or pa.types.is_union(col.type):
+        return np.asarray(col.is_valid())
+    bits = np.unpackbits(
+        np.frombuffer(bitmap, dtype=np.uint8), count=col.offset + len(col), bitorder="little"
+    )
+    mask: np.ndarray = bits[col.offset :].view(bool)
+    return mask
 
 
 def _join(current: pa.DataType, new: pa.DataType) -> pa.DataType | None:
@@ -83,18 +98,28 @@ class SchemaRegistry:
 
         Returns the batches to append: ``[batch]`` itself when nothing was wrong, else the good
         rows split by record type with each column in its type's stored type. Rows with a bad
-        record type (one that cannot be a directory name) are rejected here too. ``lenient``
+        record type (one that cannot be a directory name) are rejected here too, and so are
+        values Arrow's full validation refuses (text that is not UTF-8, offsets or dictionary
+        indices out of range: the Arrow IPC reader checks only the layout): such a record would
+        be acknowledged, and recovery would then take its batch for a torn log tail. ``lenient``
         (replaying records that were already acknowledged) keeps rows whose values do not fit
         their column; the roll then converts what it can.
         """
         if batch.num_rows == 0:
             return []
+        problems: list[tuple[int, str | None, str]] = []
+        if not lenient:
+            try:
+                batch.validate(full=True)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                problems += [
+                    (row, name, f"field '{name}' cannot be stored: {why}")
+                    for row, name, why in malformed(batch)
+                ]
         names, codes = type_codes(batch)
         counts = np.bincount(codes + 1, minlength=len(names) + 1)
         present = [i for i in range(len(names)) if counts[i + 1]]
-        problems: list[tuple[int, str | None, str]] = [
-            (row, "type", "field 'type' is missing") for row in np.flatnonzero(codes < 0).tolist()
-        ]
+        problems += [(row, "type", "field 'type' is missing") for row in np.flatnonzero(codes < 0).tolist()]
         bad_type = [i for i in present if names[i] is None or not valid_type(str(names[i]))]
         for i in bad_type:
             for row in np.flatnonzero(codes == i).tolist():
@@ -125,7 +150,7 @@ class SchemaRegistry:
                     continue
                 index = grown.get_field_index(name)
                 if index < 0:
-                    if single or not col.null_count or bool(np.any(np.asarray(col.is_valid()) & rows_of(i))):
+                    if single or not col.null_count or bool(np.any(valid_mask(col) & rows_of(i))):
                         grown = grown.append(pa.field(name, col.type))
                     continue
                 stored = grown.field(index).type
@@ -141,11 +166,14 @@ class SchemaRegistry:
                 self.schemas[rtype] = grown
         if not problems:
             return [batch]
+        first: dict[int, tuple[int, str | None, str]] = {}
+        for problem in sorted(problems):
+            first.setdefault(problem[0], problem)  # one reason per record
         if reject is not None:
-            reject(batch, sorted(problems))
+            reject(batch, list(first.values()))
         keep = np.ones(batch.num_rows, dtype=bool)
         keep[[row for row, _, _ in problems]] = False
-        return self._convert(batch.filter(from_numpy(keep)))
+        return self._convert(rebuild_dictionaries(batch.filter(from_numpy(keep))))
 
     def _unstorable(
         self,
@@ -157,7 +185,7 @@ class SchemaRegistry:
         rows: np.ndarray,
     ) -> list[tuple[int, str | None, str]]:
         """Rows of ``rtype`` whose value in ``name`` cannot become the stored type."""
-        wanted = np.flatnonzero(rows & np.asarray(col.is_valid()))
+        wanted = np.flatnonzero(rows & valid_mask(col))
         _, bad = coerce_column(col.take(pa.array(wanted)), stored)
         out: list[tuple[int, str | None, str]] = []
         for position, value in bad.items():

@@ -5,6 +5,12 @@ Arrow reader can open it, and ``trade ingest --source file SEGMENT.arrows`` repl
 is written by Arrow's IPC writer straight to the file and fsynced (per batch, per interval, or never) before
 it counts as stored.
 
+A segment keeps no batches in memory: once a batch is in the file the caller lets it go, and the
+roll to Parquet reads the sealed segment back through a memory map (the pages are still in the
+page cache, so this costs no copy). Holding the batches instead would keep two segments' worth of
+input alive - and that input lives in whatever allocator read it (Python ``bytes`` from a pipe),
+where long-lived 8 MB blocks among short-lived ones fragment the heap and the process grows.
+
 Recovery reads the messages in order and stops at the first one that is incomplete or fails
 validation: that is the torn tail a crash left, cut off at the last whole batch (kdb+ does the
 same with its ``-11!`` count and a truncation).
@@ -55,7 +61,7 @@ def _sync(fd: int) -> None:
 
 @dataclass
 class Segment:
-    """The open segment: its file, and its batches kept in memory for the roll to Parquet."""
+    """The open segment: its file and how much it holds (its batches are in the file only)."""
 
     directory: Path
     seq: int
@@ -64,7 +70,6 @@ class Segment:
     synced_rows: int = 0
     last_sync: float = field(default_factory=time.monotonic)
     created: float = field(default_factory=time.monotonic)
-    batches: list[pa.RecordBatch] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.path = segment_path(self.directory, self.seq)
@@ -91,7 +96,6 @@ class Segment:
         self._writer.write_batch(batch)
         self.size = self._file.tell()
         self.rows += batch.num_rows
-        self.batches.append(batch)
 
     def sync(self) -> int:
         """fsync what was appended; returns how many records that made durable."""
@@ -140,8 +144,12 @@ class Recovered:
         return sum(b.num_rows for b in self.batches)
 
 
-def read_segment(seq: int, path: Path) -> Recovered:
-    """Every whole batch in a segment, in order, and the byte offset after the last one."""
+def read_segment(seq: int, path: Path, *, full: bool = True) -> Recovered:
+    """Every whole batch in a segment, in order, and the byte offset after the last one.
+
+    ``full`` validates every value (what recovery needs to find a torn tail); without it only
+    the layout is checked (a segment this process wrote from batches it validated itself).
+    """
     size = path.stat().st_size
     batches: list[pa.RecordBatch] = []
     good = 0
@@ -160,7 +168,7 @@ def read_segment(seq: int, path: Path) -> Recovered:
         while True:
             try:
                 batch = reader.read_next_batch()
-                batch.validate(full=True)
+                batch.validate(full=full)
             except StopIteration:
                 position += source.tell()
                 good = position
@@ -173,6 +181,16 @@ def read_segment(seq: int, path: Path) -> Recovered:
     if problem is None and good < size:
         problem = f"{size - good:,} unreadable bytes after byte {good:,}"
     return Recovered(seq, path, batches, good, size, problem)
+
+
+def read_sealed(seq: int, path: Path, rows: int) -> list[pa.RecordBatch]:
+    """The batches of a segment this process sealed, memory-mapped; an OSError if the file does
+    not hold exactly what was written (the roll must never publish less than was acknowledged)."""
+    found = read_segment(seq, path, full=False)
+    if found.problem is not None or found.rows != rows:
+        problem = found.problem or f"{found.rows:,} records where {rows:,} were written"
+        raise OSError(f"WAL segment {path.name} does not read back as written: {problem}")
+    return found.batches
 
 
 def truncate(path: Path, length: int) -> None:

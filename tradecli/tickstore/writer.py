@@ -4,8 +4,13 @@ Three threads share the work. The caller's thread appends batches to the open WA
 fsyncs them. A ticker fsyncs on ``--fsync interval`` and closes the segment when it is
 ``roll_interval`` old, so a quiet feed still reaches the Parquet files within seconds. A roller
 turns closed segments into Parquet files, one segment at a time and in order, then deletes them;
-while it works the next segment fills (at most one segment waits for it, which bounds memory and
-pushes back on a producer that is faster than the disk).
+while it works the next segment fills (at most one segment waits for it, which pushes back on a
+producer that is faster than the disk).
+
+Memory: an appended batch is let go as soon as it is in the log; the roller reads the sealed
+segment back through a memory map (page cache, no copy). So the writer holds no input beyond the
+batch in hand, and the roll's working set - one segment's rows sorted, and their Parquet bytes -
+is what ``--roll-rows`` (and ``ROLL_BYTES``) bound.
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ from tradecli.tickstore.schemas import RejectRows, SchemaRegistry
 
 LAST_SEQ = "last-seq"
 Part = files.PartitionData
-ROLL_BYTES = 128 << 20  # a segment also rolls at this size, so wide records keep memory bounded
+ROLL_BYTES = 128 << 20  # a segment also rolls at this size, so wide records keep the roll bounded
 ENCODERS = 2  # record types of a segment sorted and compressed at once
 
 
@@ -65,8 +70,9 @@ class Published:
 class _Job:
     seq: int
     path: Path
-    batches: list[pa.RecordBatch]
+    batches: list[pa.RecordBatch] | None  # None: read the sealed segment back from ``path``
     schemas: dict[str, pa.Schema]
+    rows: int = 0
 
 
 class StoreWriter:
@@ -98,8 +104,8 @@ class StoreWriter:
         self._segment: wal.Segment | None = None
         self._last_seq = 0
         self._queue: queue.Queue[_Job | None] = queue.Queue()
-        # one closed segment at a time is with the roller: memory stays at about two segments,
-        # and a producer faster than the disk waits here
+        # one closed segment at a time is with the roller: a producer faster than the disk
+        # waits here
         self._roller_free = threading.Semaphore(1)
         self._stop = threading.Event()
         self._failure: BaseException | None = None
@@ -270,7 +276,7 @@ class StoreWriter:
             with suppress(FileNotFoundError):
                 segment.path.unlink()
             return
-        self._hand_over(_Job(segment.seq, segment.path, segment.batches, self.registry.snapshot()))
+        self._hand_over(_Job(segment.seq, segment.path, None, self.registry.snapshot(), segment.rows))
 
     def _hand_over(self, job: _Job | None) -> None:
         while not self._roller_free.acquire(timeout=0.2):
@@ -317,10 +323,10 @@ class StoreWriter:
                 self._failure = self._failure or err
                 return
             finally:
-                del job  # let the segment's batches go before waiting for the next one
+                del job  # let the segment go before waiting for the next one
                 self._roller_free.release()
 
-    def _encoded(self, job: _Job) -> Iterator[tuple[Part, pa.Buffer]]:
+    def _encoded(self, job: _Job, batches: list[pa.RecordBatch]) -> Iterator[tuple[Part, pa.Buffer]]:
         """Each partition of a segment with its Parquet bytes; record types are encoded in parallel
         (sorting, copying and compressing release the GIL), and come out in a fixed order."""
 
@@ -328,7 +334,7 @@ class StoreWriter:
             meta = partial(files.file_metadata, first=job.seq, last=job.seq)
             return [(part, files.encode(part.table, meta(part))) for part in task()]
 
-        tasks = files.partition_tasks(job.batches, job.schemas, time.time_ns())
+        tasks = files.partition_tasks(batches, job.schemas, time.time_ns())
         if len(tasks) == 1:
             yield from work(tasks[0])
             return
@@ -340,7 +346,13 @@ class StoreWriter:
     def _publish(self, job: _Job, recovering: bool = False) -> int:
         """Write a segment's partitions, then delete the segment. Returns the files published."""
         count = 0
-        for part, data in self._encoded(job):
+        batches = job.batches
+        if batches is None:
+            try:
+                batches = wal.read_sealed(job.seq, job.path, job.rows)
+            except OSError as err:
+                raise StoreError(f"cannot read back {job.path}: {err}") from err
+        for part, data in self._encoded(job, batches):
             rel = partition(part.rtype, part.day)
             name = part_name(job.seq)
             if recovering:
