@@ -70,6 +70,17 @@ def _lines(path: Path) -> Iterator[bytes]:
         yield from handle
 
 
+def _keyed(path: Path) -> Iterator[tuple[Key, dict[str, Any]]]:
+    """The journal's entries with their (alert id, channel) key; unreadable lines are skipped."""
+    for line in _lines(path):
+        try:
+            rec = orjson.loads(line)
+            key = (str(rec["id"]), str(rec["ch"]))
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            continue
+        yield key, rec
+
+
 def replay(lines: Iterator[bytes], into: Replayed | None = None) -> Replayed:
     """Pending alerts and recent deliveries from journal lines (a torn last line is skipped)."""
     state = into or Replayed()
@@ -259,12 +270,7 @@ class Outbox:
         os.fsync(self._fd)
         settled: set[Key] = set()
         tried: set[Key] = set()
-        for line in _lines(self.path):
-            try:
-                rec = orjson.loads(line)
-                key = (str(rec["id"]), str(rec["ch"]))
-            except (orjson.JSONDecodeError, KeyError, TypeError):
-                continue
+        for key, rec in _keyed(self.path):
             if rec.get("op") == "done":
                 settled.add(key)
             elif rec.get("op") == "try" or rec.get("tried"):
@@ -276,12 +282,7 @@ class Outbox:
             fcntl.flock(fd, fcntl.LOCK_EX)
             seen: set[Key] = set()
             chunk: list[bytes] = []
-            for line in _lines(self.path):
-                try:
-                    rec = orjson.loads(line)
-                    key = (str(rec["id"]), str(rec["ch"]))
-                except (orjson.JSONDecodeError, KeyError, TypeError):
-                    continue
+            for key, rec in _keyed(self.path):
                 if rec.get("op") != "add" or key in settled or key in seen:
                     continue
                 seen.add(key)
