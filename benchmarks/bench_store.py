@@ -10,70 +10,9 @@ from __future__ import annotations
 import shutil
 import subprocess
 import time
-from pathlib import Path
 
 from benchmarks.harness import Bench, trade
-
-
-def _one(
-    bench: Bench,
-    case: str,
-    argv: list[str],
-    events: int,
-    stdin: Path | None = None,
-    note: str = "",
-    stream: bool = False,
-) -> None:
-    """One process, timed by the wall clock and by the CPU it used (user + system).
-
-    On a busy machine the wall-clock rate says little; records per CPU-second say what the
-    process needs (with the store's threads it can use more than one core). With ``stream`` the
-    output is read here and the rate from the first byte out to the last is reported too: what
-    the query streams once Python and pyarrow have started.
-    """
-    import os
-
-    bench.log(f"  store: {case} ...")
-    source = open(stdin, "rb") if stdin else subprocess.DEVNULL  # noqa: SIM115 - closed below
-    started = time.perf_counter()
-    first_byte = None
-    try:
-        proc = subprocess.Popen(
-            argv,
-            stdin=source,
-            stdout=subprocess.PIPE if stream else subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            env=bench.env(),
-        )
-        if stream:
-            assert proc.stdout is not None
-            while proc.stdout.read1(1 << 20):  # type: ignore[attr-defined]
-                if first_byte is None:
-                    first_byte = time.perf_counter()
-            proc.stdout.close()
-        _, status, usage = os.wait4(proc.pid, 0)
-    finally:
-        if stdin:
-            source.close()  # type: ignore[union-attr]
-    ended = time.perf_counter()
-    elapsed = ended - started
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise RuntimeError(f"{case}: exit {os.waitstatus_to_exitcode(status)}")
-    cpu = usage.ru_utime + usage.ru_stime
-    text = f"CPU {cpu:.2f} s: {events / cpu:,.0f} records per CPU-second"
-    if first_byte is not None:
-        text += (
-            f"; {events / max(ended - first_byte, 1e-9):,.0f} records/s from the first byte out "
-            f"(start-up {first_byte - started:.2f} s)"
-        )
-    bench.record(
-        "store",
-        case,
-        events,
-        elapsed,
-        {"store": round(usage.ru_maxrss / 1024, 1)},
-        (note + "; " if note else "") + text,
-    )
+from benchmarks.process import one_process
 
 
 def _long_run(bench: Bench, events: int) -> None:
@@ -169,37 +108,32 @@ def run(bench: Bench) -> None:
     arrow = bench.file("sim.arrows", trade(*sim, "--format", "arrow"))
     ndjson = bench.file("sim.ndjson", trade(*sim))
     target = bench.workdir / "store"
+    write = trade("store", str(target), "--fsync", "batch", "--quiet")
 
-    shutil.rmtree(target, ignore_errors=True)
-    _one(
-        bench,
-        "Arrow file -> store --fsync batch",
-        trade("store", str(target), "--fsync", "batch", "--quiet"),
-        n,
-        arrow,
-    )
-    shutil.rmtree(target, ignore_errors=True)
-    _one(
-        bench,
-        "NDJSON file -> store --fsync batch",
-        trade("store", str(target), "--fsync", "batch", "--quiet"),
-        n,
-        ndjson,
-    )
+    for label, source in (("Arrow", arrow), ("NDJSON", ndjson)):
+        shutil.rmtree(target, ignore_errors=True)
+        one_process(bench, "store", f"{label} file -> store --fsync batch", write, n, source)
+    # a query has no empty case to take its start-up from: the first byte out stands for it
     query = ["store", "query", str(target), "--quiet"]
-    _one(
+    one_process(
         bench,
+        "store",
         "store query -> Arrow (time-ordered replay)",
         trade(*query, "--format", "arrow"),
         n,
+        None,
         stream=True,
+        idle=False,
     )
-    _one(bench, "store query -> NDJSON", trade(*query), n, stream=True)
-    _one(
+    one_process(bench, "store", "store query -> NDJSON", trade(*query), n, None, stream=True, idle=False)
+    one_process(
         bench,
+        "store",
         "store query --where 'price > 100' --columns symbol,timestamp,price",
         trade(*query, "--where", "price > 100", "--columns", "symbol,timestamp,price", "--format", "arrow"),
         n,
+        None,
+        idle=False,
         note="counts the records scanned, not the ones that matched",
     )
     shutil.rmtree(target, ignore_errors=True)
