@@ -143,11 +143,8 @@ def run(bench: Bench) -> None:
     fast = min(bench.events, 200_000)
     path = _signals(bench, fast)
     _timed(bench, "console (stderr to /dev/null)", ["--quiet"], fast, path)
-    for channel in ("discord", "slack", "webhook"):
+    for channel in ("discord", "slack", "webhook", "email"):
         _timed(bench, f"--dry-run --to {channel}", ["--dry-run", "--to", channel, "--quiet"], fast, path)
-    few = min(fast, 2_000)  # a MIME message each, built by Python's email package
-    email = ["--dry-run", "--to", "email", "--quiet"]
-    _timed(bench, "--dry-run --to email", email, few, _signals(bench, few))
     _long_run(bench, min(bench.events, 1_000_000))
     standins = _standins()
     state = tempfile.mkdtemp(prefix="trade-bench-alert-")

@@ -11,6 +11,7 @@ column types other than the wire's.
 from __future__ import annotations
 
 import io
+import re
 from typing import Any
 
 import orjson
@@ -23,6 +24,7 @@ from test_alert_render import NASTY, signal
 
 from tradecli.channels import Settings
 from tradecli.channels import discord as discord_channel
+from tradecli.channels import email as email_channel
 from tradecli.channels import slack as slack_channel
 from tradecli.channels.columns import Chunk, alert_ids, to_records
 from tradecli.channels.console import Console
@@ -155,6 +157,38 @@ def test_slack_payloads_match_the_per_alert_path(case: tuple[list[dict[str, Any]
     assert got == expected
     for text in got:
         assert slack_problems(orjson.loads(text)) is None
+
+
+def undated(text: str) -> str:
+    return re.sub(r"^Date: .*$", "Date: -", text, count=1, flags=re.MULTILINE)
+
+
+@SETTINGS
+@given(
+    batches,
+    st.sampled_from(
+        [
+            None,  # the default, CRITICAL TRADING ALERT: {symbol}
+            "{strategy}: {symbol} {confidence:.0%} {side}",
+            "{nowhere} {symbol!r} {timestamp}",
+            "{message}",
+            "{symbol:.1%}",  # a spec that does not fit: the default subject
+            "{alert_id}",  # unique per alert: rendered alert by alert
+        ]
+    ),
+)
+def test_email_messages_match_the_per_alert_path(
+    case: tuple[list[dict[str, Any]], set[str]], subject: str | None
+) -> None:
+    records, drop = case
+    batch = wire_batch(records, drop)
+    channel = email_channel.Email(["desk@example.com"], Settings(dry_run=True, subject=subject))
+    expected = [
+        undated(channel.preview(channel.render(r, i)))
+        for r, i in zip(to_records(batch), alert_ids(batch)[0], strict=True)
+    ]
+    got = [undated(text) for text in channel.preview_column(Chunk(batch, small=False)).to_pylist()]
+    assert got == expected
 
 
 SAMPLE = [

@@ -266,6 +266,14 @@ def mail_settings(**env: str) -> Settings:
     return Settings(env={**base, **env})
 
 
+def parse_mail(text: str) -> Any:
+    """A rendered message as a mail reader sees it (the standard library's parser, strictly)."""
+    assert text.isascii()
+    parsed = message_from_string(text, policy=policy.default.clone(raise_on_defect=True))
+    assert not parsed.defects
+    return parsed
+
+
 def test_email_has_both_parts_and_escapes_every_value() -> None:
     evil = signal(
         symbol="<b>X</b>",
@@ -274,8 +282,7 @@ def test_email_has_both_parts_and_escapes_every_value() -> None:
         side="short",
     )
     channel = email_channel.Email(["desk@example.com"], mail_settings())
-    msg = channel.render(evil, "id42")
-    parsed = message_from_string(msg.as_string(), policy=policy.default)
+    parsed = parse_mail(channel.render(evil, "id42"))
     assert parsed.get_content_type() == "multipart/alternative"
     assert [p.get_content_type() for p in parsed.iter_parts()] == ["text/plain", "text/html"]
     assert parsed["Subject"] == "CRITICAL TRADING ALERT: <b>X</b>"
@@ -295,11 +302,11 @@ def test_email_has_both_parts_and_escapes_every_value() -> None:
 
 def test_email_subject_template_and_header_injection() -> None:
     channel = email_channel.Email(["a@example.com"], mail_settings())
-    msg = channel.render(signal(symbol="EVIL\r\nBcc: victim@example.com"), "i")
+    msg = parse_mail(channel.render(signal(symbol="EVIL\r\nBcc: victim@example.com"), "i"))
     assert "\n" not in msg["Subject"] and "Bcc" not in msg
     custom = Settings(env=mail_settings().env, subject="{strategy}: {symbol} {confidence:.0%} {side}")
     assert (
-        email_channel.Email(["a@x.com"], custom).render(signal(), "i")["Subject"]
+        parse_mail(email_channel.Email(["a@x.com"], custom).render(signal(), "i"))["Subject"]
         == "gap_and_go: AAPL 75% long"
     )
     for bad in ("{symbol.__class__}", "{0}", "{symbol[0]}", "{"):
@@ -307,9 +314,29 @@ def test_email_subject_template_and_header_injection() -> None:
             email_channel.Email(["a@x.com"], Settings(env=mail_settings().env, subject=bad))
     odd = Settings(env=mail_settings().env, subject="{symbol:.1%}")  # a spec that does not fit
     assert (
-        email_channel.Email(["a@x.com"], odd).render(signal(), "i")["Subject"]
+        parse_mail(email_channel.Email(["a@x.com"], odd).render(signal(), "i"))["Subject"]
         == "CRITICAL TRADING ALERT: AAPL"
     )
+
+
+@pytest.mark.parametrize("text", [*NASTY, "ÄPFEL 🚀", "a=_trade_b", "x " * 600, "=?utf-8?q?fake?=", ""])
+@pytest.mark.parametrize("where", ["symbol", "message", "strategy", "alert_id"])
+def test_email_is_valid_mime_whatever_the_data(text: str, where: str) -> None:
+    """Parsed strictly, the message gives back exactly the bodies and headers it was built from;
+    every line is ASCII and within RFC 5322's 998 characters."""
+    channel = email_channel.Email(["desk@example.com", "Ops Desk <ops@example.com>"], mail_settings())
+    values = signal(**({where: text} if where != "alert_id" else {}))
+    alert = text if where == "alert_id" and text else "0123456789abcdef"
+    rendered = channel.render(values, alert)
+    assert max(len(line) for line in rendered.split("\n")) <= email_channel.LINE_MAX
+    parsed = parse_mail(rendered)
+    assert parsed["Subject"] == fields.text(f"CRITICAL TRADING ALERT: {fields.text(values['symbol'])}")
+    assert parsed["X-Trade-Alert-Id"] == fields.text(alert)
+    assert parsed["To"] == "desk@example.com, Ops Desk <ops@example.com>"
+    assert parsed.get_body(("plain",)).get_content() == email_channel.text_body(values, alert)
+    assert parsed.get_body(("html",)).get_content() == email_channel.html_body(values, alert)
+    assert parsed["Message-ID"] == f"<alert-{email_channel.id_token(alert)}@example.com>"
+    assert [p.get_content_type() for p in parsed.iter_parts()] == ["text/plain", "text/html"]
 
 
 def test_email_settings() -> None:
