@@ -173,6 +173,7 @@ def undated(text: str) -> str:
             "{nowhere} {symbol!r} {timestamp}",
             "{message}",
             "{symbol:.1%}",  # a spec that does not fit: the default subject
+            "{confidence:d} {side}",  # the same, with a field the default does not name
             "{alert_id}",  # unique per alert: rendered alert by alert
         ]
     ),

@@ -386,7 +386,8 @@ class Email(Channel):
             if name == "alert_id" or (spec and "{" in spec):
                 return None
             names.append(name)
-        return names
+        # a spec that does not fit falls back to the default subject, which names the symbol
+        return names if "symbol" in names else [*names, "symbol"]
 
     def _subject_column(self, chunk: Chunk, names: list[str]) -> pa.Array:
         """The encoded subject of each alert, rendered once per distinct combination of its fields."""
