@@ -460,7 +460,22 @@ BAD_EXPRESSIONS = [
     ("", "the expression is empty"),
     ("price > " + "1 + " * 1000 + "1", "longer than 2000 characters"),
     ("-" * 900 + "price > 1", "too deeply nested"),
+    # enrich's column families only under the names enrich gives them
+    ("macd > 0", "unknown column 'macd'"),
+    ("bb_upper > price", "unknown column 'bb_upper'"),
+    ("bb_uper_20_2 > price", "unknown column 'bb_uper_20_2'"),
+    ("macd_12_26 > 0", "unknown column 'macd_12_26'"),
+    ("sma_0 > price", "unknown column 'sma_0'"),
 ]
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["macd_12_26_9 > macd_signal_12_26_9", "macd_hist_5_35_5 > 0", "price > bb_upper_20_2p5", "atr_14 > 1"],
+)
+def test_enrich_columns_under_their_own_names_are_accepted(text: str, tmp_path: Path) -> None:
+    result = invoke(["screen", "--where", text, "--state-dir", str(tmp_path)], input=b"")
+    assert result.exit_code == 0, result.stderr
 
 
 @pytest.mark.parametrize(("text", "message"), BAD_EXPRESSIONS)
@@ -487,7 +502,17 @@ BAD_FILES = [
     ("[strategy.x]\nwhere = 'price > 1'\ncooldown = 'soon'\n", "cooldown 'soon' is not a duration"),
     ("[strategy.x]\nwhere = 'price > 1'\nmax_per_day = -1\n", "max_per_day must be a whole number"),
     ("[strategy.x]\nwhere = 'price > 1'\nparams = { vwap = 1 }\n", "'vwap' is a column or function name"),
-    ("[strategy.x]\nwhere = 'price > 1'\nparams = { level = 'high' }\n", "params: level must be a number"),
+    (
+        "[strategy.x]\nwhere = 'price > 1'\nparams = { level = 'high' }\n",
+        "params: level must be a finite number",
+    ),
+    (
+        "[strategy.x]\nwhere = 'price > 1'\nparams = { level = nan }\n",
+        "params: level must be a finite number",
+    ),
+    ("[builtin.gap_and_go]\nmin_gap = true\n", "gap_and_go.min_gap must be a number, not True"),
+    ("[builtin.gap_and_go]\nmin_gap = 'abc'\n", "gap_and_go.min_gap must be a number, not 'abc'"),
+    ("[builtin.gap_and_go]\nmin_gap = inf\n", "gap_and_go.min_gap must be a finite number"),
     ("[strategy.gap_and_go]\nwhere = 'price > 1'\n", "'gap_and_go' is a built-in name"),
     ("[strategy.X]\nwhere = 'price > 1'\n", "a strategy name is lower-case"),
     ("[builtin.gap_and_goo]\nmin_gap = 0.1\n", "no built-in strategy is called 'gap_and_goo'"),
@@ -615,6 +640,24 @@ def test_list_shows_every_built_in_with_its_parameters() -> None:
     assert "Needs: price, rsi_9." in changed.stdout and "gap_and_go" not in changed.stdout
 
 
+def test_list_shows_a_where_that_reads_a_declared_column(tmp_path: Path) -> None:
+    rules = tmp_path / "rules.toml"
+    rules.write_text('columns = ["score"]\n')
+    result = invoke(["screen", "--strategies", str(rules), "--where", "score > 1", "--list"])
+    assert result.exit_code == 0, result.stderr
+    assert "where score > 1" in result.stdout
+
+
+def test_universe_may_be_given_more_than_once(tmp_path: Path) -> None:
+    records = [gapper(s, at("09:31", seconds=i)) for i, s in enumerate(["AAPL", "TSLA", "GME"])]
+    result = invoke(
+        ["screen", "-s", "gap_and_go", "-u", "aapl", "-u", "GME,aapl", "--state-dir", str(tmp_path)],
+        input=to_ndjson([records_batch(records)]),
+    )
+    assert result.exit_code == 0, result.stderr
+    assert [orjson.loads(line)["symbol"] for line in result.stdout.splitlines()] == ["AAPL", "GME"]
+
+
 def test_help_documents_each_rule() -> None:
     text = " ".join(invoke(["screen", "--help"]).stdout.split())
     for name in ("gap_and_go", "hod_breakout", "vwap_reclaim", "rsi_extreme", "volume_spike"):
@@ -629,6 +672,7 @@ def test_help_documents_each_rule() -> None:
         (["-p", "gap_and_go.min_gap"], "is not NAME.KEY=VALUE"),
         (["-p", "gap_and_go.min_gapp=1"], "gap_and_go has no parameter 'min_gapp'"),
         (["-p", "gap_and_go.min_gap=abc"], "gap_and_go.min_gap: 'abc' is not a number"),
+        (["-p", "gap_and_go.min_gap=nan"], "gap_and_go.min_gap: 'nan' is not a finite number"),
         (["-p", "rsi_extreme.period=0"], "rsi_extreme.period must be a whole number >= 1"),
         (["-p", "gap_and_go.cooldown=soon"], "gap_and_go.cooldown: 'soon' is not a duration"),
         (["-p", "gap_and_go.max_per_day=-2"], "gap_and_go.max_per_day must be >= 0"),

@@ -35,7 +35,8 @@ comparisons (chains allowed), and/or/not (or & | ~), and numexpr's element-wise 
 sqrt, log, exp, where, minimum, maximum, ...). They may name the numeric record fields (price,
 volume, prev_close, bid, ask, open, high, low, close, ...), enrich's columns (vwap,
 volume_ratio, gap_pct, day_high, day_low, day_volume, mid, spread, sma_N, ema_N, rsi_N,
-avg_volume_N, atr_N, macd*, bb_*) and declared columns. Anything else - another name, attribute
+avg_volume_N, atr_N, macd_F_S_G, macd_signal_F_S_G, macd_hist_F_S_G, bb_upper_N_K,
+bb_middle_N_K, bb_lower_N_K) and declared columns. Anything else - another name, attribute
 access, indexing, text, lambdas, any other call - is refused at start-up with exit status 2;
 Python never evaluates user text. Expressions run on whole batches. A null field reads as NaN;
 a condition that reads a null field does not change the symbol's state on that record. A row
@@ -48,12 +49,14 @@ lives in the state directory (``--state-dir``, else ``$TRADECLI_STATE_DIR/screen
 ``$XDG_STATE_HOME/tradecli/screen``): a snapshot rewritten atomically every ``--checkpoint`` and
 on exit, and a journal to which each signal is appended before it is written out. A screen
 stopped or killed and restarted the same day never fires a signal again and never resets a
-count. One screen per state directory.
+count; after a SIGKILL, conditions roll back to the last snapshot, so a set-up in progress may be
+missed (a shorter ``--checkpoint`` narrows that). One screen per state directory.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -262,9 +265,12 @@ def _global(options: ScreenOptions, cooldown: float, max_per_day: int) -> tuple[
 
 def _number(value: str, name: str, key: str) -> float:
     try:
-        return float(value)
+        number = float(value)
     except ValueError:
         raise ConfigError(f"{name}.{key}: {value!r} is not a number", "--param") from None
+    if not math.isfinite(number):
+        raise ConfigError(f"{name}.{key}: {value!r} is not a finite number", "--param")
+    return number
 
 
 def read_universe(text: str) -> list[str]:
@@ -394,12 +400,12 @@ def command(
         ),
     ] = None,
     universe: Annotated[
-        str | None,
+        list[str] | None,
         typer.Option(
             "--universe",
             "-u",
             metavar="LIST|@FILE",
-            help="Screen only these symbols (comma-separated, or one file of tickers).",
+            help="Screen only these symbols (comma-separated, or a file of tickers); repeatable.",
             show_default="every symbol",
         ),
     ] = None,
@@ -463,12 +469,15 @@ def command(
     interval = _option_duration(checkpoint, "--checkpoint")
     try:
         strategies = configure(options)
-        symbols = read_universe(universe) if universe is not None else None
+        symbols = (
+            list(dict.fromkeys(s for text in universe for s in read_universe(text))) if universe else None
+        )
     except ConfigError as err:
         raise _usage(err) from None
     if list_only:
         file = load_file(strategies_file) if strategies_file else None
-        specs = {s.name: s for s in [*(file.strategies if file else []), *where_specs(options)]}
+        wheres = where_specs(options, file.columns if file else ())
+        specs = {s.name: s for s in [*(file.strategies if file else []), *wheres]}
         typer.echo(list_strategies(strategies, specs), nl=False)
         return
     run(strategies, symbols, pass_through, state_dir, interval, common)

@@ -14,6 +14,7 @@ oversold and overbought). The screener fires when a symbol's zone changes to an 
 from __future__ import annotations
 
 import importlib
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import ModuleType
@@ -106,7 +107,11 @@ def resolve_params(
             known = ", ".join([*defaults, *COMMON_KEYS])
             raise ValueError(f"{name} has no parameter {key!r} (it has: {known})")
         default = defaults[key]
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValueError(f"{name}.{key} must be a number, not {value!r}")
         number = float(value)
+        if not math.isfinite(number):  # NaN would quietly switch a threshold off
+            raise ValueError(f"{name}.{key} must be a finite number, not {value!r}")
         if isinstance(default, int) and not isinstance(default, bool):
             if not number.is_integer() or number < 1:
                 raise ValueError(f"{name}.{key} must be a whole number >= 1, not {value}")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ast
 import difflib
+import math
 import re
 import string
 import tomllib
@@ -46,7 +47,11 @@ RECORD_COLUMNS = (
 )
 # What enrich adds (DESIGN.md section 4); periods vary with its options.
 ENRICH_COLUMNS = ("vwap", "volume_ratio", "gap_pct", "day_high", "day_low", "day_volume", "mid", "spread")
-ENRICH_PATTERN = re.compile(r"^(?:(?:sma|ema|rsi|avg_volume|atr)_\d+|(?:macd|bb|bbands)(?:_[a-z0-9]+)*)$")
+ENRICH_PATTERN = re.compile(
+    r"^(?:(?:sma|ema|rsi|avg_volume|atr)_[1-9]\d*"
+    r"|macd(?:_signal|_hist)?(?:_[1-9]\d*){3}"
+    r"|bb_(?:upper|middle|lower)_[1-9]\d*_m?\d+(?:p\d+)?)$"
+)  # the names enrich gives them (sma_20, macd_12_26_9, bb_upper_20_2p5): a typo is refused
 
 # numexpr's element-wise functions (its reductions and complex/text functions are left out).
 FUNCTIONS = frozenset(
@@ -663,8 +668,8 @@ def _user_spec(
             raise ExpressionError(f"params: {key!r} is not a usable parameter name")
         if is_column(key) or key in FUNCTIONS:
             raise ExpressionError(f"params: {key!r} is a column or function name; choose another")
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ExpressionError(f"params: {key} must be a number")
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            raise ExpressionError(f"params: {key} must be a finite number")
         params[key] = float(value)
 
     def expr(key: str, kind: str, default: str | None = None) -> Expression | None:
