@@ -56,6 +56,34 @@ def test_csv_bad_rows_named_by_line(tmp_path: Path) -> None:
     assert "4 in, 2 out, 2 rejected" in stderr
 
 
+def test_csv_lists_and_nanosecond_text_keep_every_digit(tmp_path: Path) -> None:
+    path = tmp_path / "polygon.csv"
+    path.write_text(
+        "symbol,sip_timestamp,price,size,conditions\n"
+        'A,1795444200123456789,1.5,1,"12,37"\n'
+        "B,1795444200123456001,1.5,1,37\n"
+        "C,1795444200000000001,1.5,1,\n"
+        "D,1795444200000000002,1.5,1,[12 37]\n"
+        'E,1795444200000000003,1.5,1,"[12, 37.0]"\n'
+        "F,1795444200000000004,1.5,1,12;x\n"
+    )
+    result = replay(str(path))
+    records = ndjson_records(result.stdout_bytes)
+    assert [r["symbol"] for r in records] == ["A", "B", "C", "D", "E"]
+    assert [r.get("conditions") for r in records] == [[12, 37], [37], None, [12, 37], [12, 37]]
+    assert records[0]["timestamp"] == 1795444200123456789 and records[1]["timestamp"] == 1795444200123456001
+    assert "line 7: field 'conditions' is \"12;x\", expected a list of whole numbers" in result.stderr
+
+
+def test_a_byte_order_mark_is_not_data(tmp_path: Path) -> None:
+    line = b'{"symbol":"A","timestamp":1795444200,"price":1.5}\n'
+    path = tmp_path / "ticks"  # no extension: the content decides
+    path.write_bytes(b"\xef\xbb\xbf" + line + line)
+    for result in (replay(str(path)), replay("-", input=path.read_bytes())):
+        assert result.exit_code == 0 and "0 rejected" in result.stderr, result.stderr
+        assert symbols_of(result) == ["A", "A"]
+
+
 def test_tsv(tmp_path: Path) -> None:
     path = tmp_path / "quotes.tsv"
     path.write_text("sym\tts\tbid_price\task_price\nMSFT\t1795444200000\t420.1\t420.2\n")

@@ -122,6 +122,10 @@ def test_symbols_types_and_universe() -> None:
     assert len(set(universe(None, 10_000))) == 10_000
     bad = invoke([*sim_args(10), "--types", "ticks"])
     assert bad.exit_code == 2
+    bars = invoke([*sim_args(10), "--types", "trades,bars"])
+    assert bars.exit_code == 2 and "bars come from a file" in bars.stderr
+    nothing = invoke([*sim_args(10), "--symbols", " , "])
+    assert nothing.exit_code == 2 and "names no symbols" in nothing.stderr
 
 
 def test_session_rolls_to_next_weekday_with_new_previous_close() -> None:

@@ -11,7 +11,9 @@ a reason that names the field.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
+from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any
 
@@ -170,6 +172,57 @@ def _expected(target: pa.DataType) -> str:
     return "text"
 
 
+_INTEGER = re.compile(r"[+-]?\d+")
+_BRACKETS = re.compile(r"^\[|\]$")
+_LIST_SEPARATORS = re.compile(r"[,\s]+")
+
+
+def _text_lists(text: pa.Array, target: pa.DataType) -> tuple[pa.Array, dict[int, Any]]:
+    """Lists written as text (a CSV cell: ``12,37``, ``37``, ``[12, 37]``, ``[12 37]``, empty),
+    split and cast a column at a time; a row with an element that is not a number is reported."""
+    trimmed = pc.utf8_trim_whitespace(text)
+    inner = pc.utf8_trim_whitespace(pc.replace_substring_regex(trimmed, r"^\[|\]$", ""))
+    parts = pc.split_pattern_regex(inner, r"[,\s]+")
+    flat = pc.list_flatten(parts)
+    parents = np.asarray(pc.list_parent_indices(parts))
+    keep = np.asarray(pc.not_equal(flat, "").fill_null(False))
+    elements, owners = flat.filter(pa.array(keep)), parents[keep]
+    numeric = np.asarray(pc.match_substring_regex(elements, r"^[+-]?\d+(\.0*)?$"))
+    bad_rows = np.unique(owners[~numeric]) if pa.types.is_integer(target.value_type) else np.array([], int)
+    if not pa.types.is_integer(target.value_type) or bad_rows.size:
+        return _per_row(text, target)  # other element types, and the rows to report: one by one
+    try:
+        values = pc.cast(pc.replace_substring_regex(elements, r"\.0*$", ""), target.value_type)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):  # out of the type's range
+        return _per_row(text, target)
+    counts = np.bincount(owners, minlength=len(text))
+    offsets = np.concatenate(([0], np.cumsum(counts))).astype(np.int32)
+    mask = pa.array(~np.asarray(text.is_valid()))
+    return pa.ListArray.from_arrays(pa.array(offsets), values, mask=mask).cast(target), {}
+
+
+def _per_row(arr: pa.Array, target: pa.DataType) -> tuple[pa.Array, dict[int, Any]]:
+    return coerce_values(arr.to_pylist(), target)
+
+
+def _whole(value: Any) -> int:
+    """A whole number from an int, a whole float or text; ValueError otherwise."""
+    if isinstance(value, bool):
+        raise ValueError
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str):
+        text = value.strip()
+        if _INTEGER.fullmatch(text):
+            return int(text)  # every digit: float() would round past 2**53
+        number = float(text)
+        if number.is_integer():
+            return int(number)
+    raise ValueError
+
+
 def _coerce_scalar(value: Any, target: pa.DataType) -> Any:
     """Python-level conversion for the rare values the vectorised cast refused. Raises ValueError."""
     if value is None:
@@ -183,18 +236,13 @@ def _coerce_scalar(value: Any, target: pa.DataType) -> Any:
             return float(value.strip())
         raise ValueError
     if pa.types.is_integer(target):
-        if isinstance(value, bool):
+        whole = _whole(value)
+        if not -(2**63) <= whole < 2**63:
             raise ValueError
-        if isinstance(value, int):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
-            number = float(value.strip())
-            if number.is_integer():
-                return int(number)
-        raise ValueError
+        return whole
     if pa.types.is_list(target):
+        if isinstance(value, str):  # a list written as text in a CSV cell: "12,37", "[12 37]"
+            value = [part for part in _LIST_SEPARATORS.split(_BRACKETS.sub("", value.strip())) if part]
         if not isinstance(value, list):
             raise ValueError
         return [_coerce_scalar(v, target.value_type) for v in value]
@@ -252,6 +300,10 @@ def _to_timestamp(arr: pa.Array) -> tuple[pa.Array, dict[int, Any]]:
         return out.cast(TIMESTAMP), bad
     if pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_dictionary(t):
         text = arr.cast(STR) if not pa.types.is_string(t) else arr
+        digits = pc.utf8_trim_whitespace(text)
+        if pc.all(pc.match_substring_regex(digits, r"^[+-]?\d+$")).as_py() is not False:
+            with suppress(pa.ArrowInvalid):  # epoch numbers as text (a CSV): every digit kept
+                return _to_timestamp(pc.cast(digits, pa.int64()))
         for zone_type in (TIMESTAMP, pa.timestamp("ns")):  # with an offset, then naive (= UTC)
             try:
                 return pc.cast(text, zone_type).cast(TIMESTAMP), {}
@@ -275,11 +327,15 @@ def _parse_time_text(value: str | None) -> int | None:
         return None
     text = value.strip()
     try:
-        number = float(text)
+        number: int | float = int(text) if _INTEGER.fullmatch(text) else float(text)
     except ValueError:
         pass
     else:
-        arr, bad = _to_timestamp(pa.array([int(number) if number.is_integer() else number]))
+        if isinstance(number, float) and number.is_integer():
+            number = int(number)
+        if isinstance(number, int) and not -(2**63) <= number < 2**63:
+            return None
+        arr, bad = _to_timestamp(pa.array([number]))
         return None if bad else arr.cast(pa.int64())[0].as_py()  # type: ignore[no-any-return]
     for candidate in (text, text.replace(" ", "T", 1)):
         try:
@@ -309,6 +365,8 @@ def coerce_column(arr: pa.Array, target: pa.DataType) -> tuple[pa.Array, dict[in
         return _to_timestamp(arr)
     if pa.types.is_null(arr.type):
         return pa.nulls(len(arr), target), {}
+    if pa.types.is_list(target) and (pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type)):
+        return _text_lists(arr.cast(STR), target)
     if pa.types.is_dictionary(target):
         if pa.types.is_dictionary(arr.type) and pa.types.is_string(arr.type.value_type):
             return arr.cast(target), {}

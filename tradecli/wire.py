@@ -182,6 +182,9 @@ class Input:
         return True
 
 
+BOM = b"\xef\xbb\xbf"  # the UTF-8 byte-order mark
+
+
 def sniff(head: bytes) -> str:
     """'arrow' for an Arrow IPC stream, 'arrow-file' for the file format, else 'ndjson'."""
     if head.startswith(ARROW_STREAM_MAGIC):
@@ -259,6 +262,8 @@ class RecordReader:
         yield from _prefetched(self._read_all(), self.session, self.input.cancel)
 
     def _read_all(self) -> Iterator[pa.RecordBatch]:
+        if self.input.peek(3) == BOM:  # some Windows tools start UTF-8 text with one; not data
+            self.input.read(3)
         while True:
             self.session.stopper.check()
             head = self.input.peek(4)

@@ -28,7 +28,7 @@ import pyarrow.compute as pc
 from tradecli.errors import TradeError
 from tradecli.records import DICT_STRING, FIELD_TYPES, TIMESTAMP
 from tradecli.runtime import Session
-from tradecli.wire import ErrorSink, Input, RecordReader, checked, sniff
+from tradecli.wire import BOM, ErrorSink, Input, RecordReader, checked, sniff
 
 ALIASES: dict[str, str] = {
     "sym": "symbol",
@@ -307,7 +307,7 @@ def _file_kind(path: str, head: bytes) -> str:
     lower = path.lower()
     if lower.endswith((".csv", ".tsv", ".txt")):
         return "csv"
-    stripped = head.lstrip()
+    stripped = head.removeprefix(BOM).lstrip()
     if stripped[:1] in (b"{", b"[") or lower.endswith((".ndjson", ".jsonl", ".json")) or not stripped:
         return "ndjson"
     return "csv"

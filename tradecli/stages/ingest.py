@@ -211,7 +211,7 @@ def command(
         typer.Option(
             "--types",
             metavar="LIST",
-            help="Record types: trades, quotes, bars.",
+            help="Record types: trades, quotes, bars (sim: trades, quotes).",
             show_default="sim: trades,quotes; file: all",
         ),
     ] = None,
@@ -272,6 +272,13 @@ def command(
             raise typer.BadParameter(f"only applies to --source {owner}", param_hint=name)
     if symbols is not None and universe is not None:
         raise typer.BadParameter("give either --symbols or --universe", param_hint="--universe")
+    if symbols is not None and not split_list(symbols):
+        raise typer.BadParameter(f"{symbols!r} names no symbols", param_hint="--symbols")
+    record_types = _types(types)
+    if chosen == "sim" and record_types and "bar" in record_types:
+        raise typer.BadParameter(
+            "the simulated feed makes trades and quotes; bars come from a file", param_hint="--types"
+        )
     try:
         session_day = date.fromisoformat(day) if day else None
     except ValueError:
@@ -281,7 +288,7 @@ def command(
         paths=list(paths or []),
         symbols=split_list(symbols),
         universe=universe,
-        types=_types(types),
+        types=record_types,
         seed=seed,
         day=session_day,
         count=count,
