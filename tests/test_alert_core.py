@@ -270,6 +270,8 @@ def test_refused_connection_is_queued_then_sent_by_the_next_run(tmp_path: Path) 
         again = receipts_of(alert([], opts, state_dir=tmp_path))
         assert discord.ids() == [alert_id(r) for r in records]
     assert [r["status"] for r in again] == ["delivered"] * 4
+    # a refused connection proves nothing was sent: no false "possible duplicate"
+    assert not any(r["error"] for r in again), again
     with DiscordStandIn(port=port) as discord:  # nothing left: nothing sent twice
         assert receipts_of(alert([], opts, state_dir=tmp_path)) == []
         assert discord.requests == []

@@ -564,6 +564,8 @@ class Worker(threading.Thread):
                 return concluded("delivered", attempts, note), True
             error = outcome.error or "failed"
             maybe_dup = maybe_dup or outcome.maybe_sent
+            if not maybe_dup and engine.outbox is not None:
+                engine.outbox.not_sent(item.alert_id, channel.key)
             if outcome.stop_channel:
                 self.state, self.reason = "stopped", error
                 engine.stopped_channels[channel.label] = (error, outcome.auth)

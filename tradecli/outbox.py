@@ -7,7 +7,8 @@ line per event, written with a single ``write`` so a killed process leaves whole
 * ``{"op":"add","id":ALERT_ID,"ch":CHANNEL_KEY,"label":...,"signal":{...}}`` before an alert is
   handed to a channel's worker;
 * ``{"op":"try",...}`` before the first attempt to send it (so the next run knows it may have
-  reached the channel: a possible duplicate);
+  reached the channel: a possible duplicate), and ``{"op":"untried",...}`` when every attempt
+  so far failed in a way that shows nothing was sent (a refused connection, an error answer);
 * ``{"op":"done",...,"status":"delivered"|"failed"}`` once it is settled, *before* its receipt is
   written. An alert with a ``delivered`` receipt is therefore never sent again.
 
@@ -105,6 +106,9 @@ def replay(lines: Iterator[bytes], into: Replayed | None = None) -> Replayed:
         elif op == "try":
             if key in state.pending:
                 state.pending[key].tried = True
+        elif op == "untried":
+            if key in state.pending:
+                state.pending[key].tried = False
         elif op == "done":
             state.pending.pop(key, None)
             if rec.get("status") == "delivered":
@@ -231,6 +235,13 @@ class Outbox:
             self._tried.add((alert_id, key))
             self._append(orjson.dumps({"op": "try", "id": alert_id, "ch": key}) + b"\n")
 
+    def not_sent(self, alert_id: str, key: str) -> None:
+        """The attempts so far certainly did not reach the channel: no longer a possible duplicate."""
+        with self._lock:
+            if (alert_id, key) in self._tried:
+                self._tried.discard((alert_id, key))
+                self._append_locked(orjson.dumps({"op": "untried", "id": alert_id, "ch": key}) + b"\n")
+
     def done(self, alert_id: str, key: str, delivered: bool) -> bool:
         """Settle an alert. False when the outbox was already sealed (the run is ending)."""
         status = "delivered" if delivered else "failed"
@@ -275,6 +286,8 @@ class Outbox:
                 settled.add(key)
             elif rec.get("op") == "try" or rec.get("tried"):
                 tried.add(key)
+            elif rec.get("op") == "untried":
+                tried.discard(key)
         tmp = self.path.with_name(self.path.name + ".tmp")
         size = 0
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o600)
