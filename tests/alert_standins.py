@@ -473,6 +473,7 @@ def dead_url(path: str = "/api/webhooks/1/token") -> str:
 class Mailbox:
     messages: list[EmailMessage] = field(default_factory=list)
     envelopes: list[dict[str, Any]] = field(default_factory=list)
+    raw: list[bytes] = field(default_factory=list)  # the DATA as it came over the wire
 
 
 def free_port() -> int:
@@ -491,9 +492,16 @@ class SMTPServer:
 
 @contextmanager
 def smtp_server(
-    tmp: Path, mode: str = "starttls", user: str = "alerts", password: str = "pw", reply: str = "250 OK"
+    tmp: Path,
+    mode: str = "starttls",
+    user: str = "alerts",
+    password: str = "pw",
+    reply: str = "250 OK",
+    refuse: bytes | None = None,
 ) -> Iterator[SMTPServer]:
-    """aiosmtpd on 127.0.0.1: ``starttls`` (587 style), ``tls`` (465 style) or ``plain`` (no TLS)."""
+    """aiosmtpd on 127.0.0.1: ``starttls`` (587 style), ``tls`` (465 style) or ``plain`` (no TLS).
+
+    A message whose DATA holds ``refuse`` is answered 554 (refused, the session goes on)."""
     import trustme
     from aiosmtpd.controller import Controller
     from aiosmtpd.smtp import AuthResult, LoginPassword
@@ -519,6 +527,9 @@ def smtp_server(
                 }
             )
             mailbox.messages.append(message_from_bytes(envelope.content, policy=policy.default))  # type: ignore[arg-type]
+            mailbox.raw.append(bytes(envelope.original_content or envelope.content))
+            if refuse is not None and refuse in envelope.content:
+                return "554 5.6.0 Message refused"
             return reply
 
     def authenticate(server: Any, session: Any, envelope: Any, mechanism: str, data: Any) -> Any:

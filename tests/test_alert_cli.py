@@ -11,6 +11,7 @@ import stat
 import subprocess
 import time
 from collections.abc import Iterator
+from email import message_from_string, policy
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,8 @@ from alert_standins import (
 )
 from conftest import arrow_table, child_env, invoke, ndjson_records, trade_argv
 
+from tradecli.channels import Settings
+from tradecli.channels import email as email_channel
 from tradecli.stages.alert import alert_id
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning")
@@ -331,6 +334,54 @@ def test_email_over_tls_with_auth(home: Path, tmp_path: Path, mode: str) -> None
     assert "&lt;AAPL&gt;" in page and "&lt;script&gt;x&lt;/script&gt; &amp; more" in page
     assert "<script>" not in page and "<AAPL>" not in page
     assert "Symbol: <AAPL>" in first.get_body(("plain",)).get_content()
+
+
+def test_email_refused_message_and_hostile_alert_id_on_one_connection(home: Path, tmp_path: Path) -> None:
+    records = [
+        sig(0, alert_id="id with space\r\nX-Inject: 1"),
+        sig(1, message="REFUSE-ME please"),
+        sig(2, alert_id="abc\rdef\x00"),
+    ]
+    with smtp_server(tmp_path, "starttls", refuse=b"REFUSE-ME") as server:
+        result = run(
+            home,
+            "--to",
+            "email:desk@example.com",
+            "--ca-file",
+            str(server.ca_file),
+            input=lines(records),
+            **smtp_env(server),
+        )
+        box = server.mailbox
+    assert [r["status"] for r in receipts(result)] == ["delivered", "failed", "delivered"], result.stderr
+    assert "554" in receipts(result)[1]["error"]
+    assert len({e["peer"] for e in box.envelopes}) == 1  # the refusal did not cost the connection
+    for raw, message in zip(box.raw, box.messages, strict=True):
+        assert (
+            b"\r\n" in raw
+            and b"\r" not in raw.replace(b"\r\n", b"")
+            and b"\n" not in raw.replace(b"\r\n", b"")
+        )
+        assert b"\x00" not in raw and not message.defects and message["X-Inject"] is None
+    text = box.messages[0].get_body(("plain",)).get_content()
+    assert "Alert ID: id with space X-Inject: 1\r\n" in text
+
+
+def test_email_addresses_that_are_not_ascii_and_line_breaks_in_them(home: Path) -> None:
+    channel = email_channel.Email(
+        ["jörg@bücher.de"], Settings(env={"TRADE_SMTP_FROM": "Bot <bot@example.com>"}, dry_run=True)
+    )
+    parsed = message_from_string(channel.render(sig(0), "id1"), policy=policy.SMTPUTF8)
+    assert parsed["To"] == "jörg@bücher.de" and not parsed.defects
+    bad = run(
+        home,
+        "--dry-run",
+        "--to",
+        "email:desk@example.com",
+        input=lines([sig(0)]),
+        TRADE_SMTP_FROM="a@example.com\r\nBcc: x@example.com",
+    )
+    assert bad.returncode == 2 and b"line break" in bad.stderr
 
 
 def test_email_trusts_ssl_cert_file_too(home: Path, tmp_path: Path) -> None:

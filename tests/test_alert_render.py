@@ -319,7 +319,10 @@ def test_email_subject_template_and_header_injection() -> None:
     )
 
 
-@pytest.mark.parametrize("text", [*NASTY, "ÄPFEL 🚀", "a=_trade_b", "x " * 600, "=?utf-8?q?fake?=", ""])
+@pytest.mark.parametrize(
+    "text",
+    [*NASTY, "ÄPFEL 🚀", "a=_trade_b", "x " * 600, "=?utf-8?q?fake?=", "", "a" * 64, "id\r\nX-Inject: 1"],
+)
 @pytest.mark.parametrize("where", ["symbol", "message", "strategy", "alert_id"])
 def test_email_is_valid_mime_whatever_the_data(text: str, where: str) -> None:
     """Parsed strictly, the message gives back exactly the bodies and headers it was built from;
@@ -329,6 +332,9 @@ def test_email_is_valid_mime_whatever_the_data(text: str, where: str) -> None:
     alert = text if where == "alert_id" and text else "0123456789abcdef"
     rendered = channel.render(values, alert)
     assert max(len(line) for line in rendered.split("\n")) <= email_channel.LINE_MAX
+    assert not re.search(r"[\x00-\x08\x0b-\x1f\x7f]", rendered)  # no bare CR, no NUL, ...
+    (boundary,) = re.findall(r'boundary="([^"]*)"', rendered)
+    assert len(boundary) <= 70  # RFC 2046
     parsed = parse_mail(rendered)
     assert parsed["Subject"] == fields.text(f"CRITICAL TRADING ALERT: {fields.text(values['symbol'])}")
     assert parsed["X-Trade-Alert-Id"] == fields.text(alert)
@@ -405,3 +411,15 @@ def test_money_never_raises_on_odd_values() -> None:
     for value in (True, "x", [], {}, math.inf, -math.inf, -5.0, 10**30):
         fields.money(value)
         fields.percent(value)
+
+
+def test_secrets_are_masked_and_a_short_one_only_where_it_stands_alone() -> None:
+    from tradecli.log import Log
+
+    log = Log("alert", stream=io.StringIO())
+    for secret in ("s3cr3t-token-value", "e", "pw"):
+        log.add_secret(secret)
+    assert log.mask("https://h/x/s3cr3t-token-value?q=1") == "https://h/x/***?q=1"
+    assert log.mask("connection to 127.0.0.1 refused") == "connection to 127.0.0.1 refused"
+    assert log.mask("login alerts:pw@host, password pw") == "login alerts:***@host, password ***"
+    assert log.mask("e") == "***"

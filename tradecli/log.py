@@ -6,12 +6,15 @@ rejected records, warnings, errors and the closing summary of each stage.
 
 from __future__ import annotations
 
+import re
 import sys
 import time
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
 import orjson
+
+SHORT_SECRET = 8  # shorter secrets are masked only where they stand alone
 
 
 class Log:
@@ -41,7 +44,10 @@ class Log:
 
     def mask(self, text: str) -> str:
         for secret in self.secrets:
-            text = text.replace(secret, "***")
+            if len(secret) >= SHORT_SECRET:
+                text = text.replace(secret, "***")
+            elif secret in text:  # a short one only where it stands alone, or every "e" would go
+                text = re.sub(rf"(?<![A-Za-z0-9]){re.escape(secret)}(?![A-Za-z0-9])", "***", text)
         return text
 
     def emit(self, level: str, message: str, **fields: Any) -> None:

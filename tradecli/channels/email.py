@@ -40,6 +40,7 @@ import smtplib
 import ssl
 import string
 import time
+from email import policy as email_policy
 from email.header import Header
 from email.message import EmailMessage
 from email.utils import formatdate, getaddresses, parseaddr
@@ -59,7 +60,8 @@ TARGET = "email[:ADDRESS,...]"
 DEFAULT_SUBJECT = "CRITICAL TRADING ALERT: {symbol}"
 LINE_MAX = 998  # RFC 5322 2.1.1: a line of a message, without its CRLF
 BOUNDARY = "=_trade_"  # "=_" is never in base64 text, nor in a part sent as 7bit (checked)
-_TOKEN = re.compile(r"[A-Za-z0-9._-]{1,64}")
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")  # a 7bit part holds none of these
+_TOKEN = re.compile(r"[A-Za-z0-9._-]{1,40}")  # with BOUNDARY, within RFC 2046's 70 characters
 TITLE = "CRITICAL TRADING ALERT"
 LABELS = (
     "Symbol",
@@ -158,17 +160,17 @@ def html_body(signal: dict[str, Any], alert_id: str) -> str:
     """The design document's HTML table, every value escaped."""
     values, message = _values(signal)
     escaped = [html.escape(v) for v in values]
-    return "".join(_html_pieces(escaped, html.escape(alert_id), _html_message(message)))
+    return "".join(_html_pieces(escaped, html.escape(f.text(alert_id)), _html_message(message)))
 
 
 def text_body(signal: dict[str, Any], alert_id: str) -> str:
     values, message = _values(signal)
-    return "".join(_text_pieces(values, alert_id, _text_message(message)))
+    return "".join(_text_pieces(values, f.text(alert_id), _text_message(message)))
 
 
 def _seven_bit(body: str) -> bool:
     """Whether a part can go as it is: ASCII, short lines, and no boundary inside."""
-    if not body.isascii() or "=_" in body:
+    if not body.isascii() or "=_" in body or _CONTROL.search(body):
         return False
     return len(body) <= LINE_MAX or max(map(len, body.split("\n"))) <= LINE_MAX
 
@@ -247,6 +249,9 @@ class Email(Channel):
             ]
             if missing:
                 raise UsageError(f"--to email: missing {', '.join(missing)}; see [alert.email] in the README")
+        for what, value in (("from (TRADE_SMTP_FROM)", self.sender), ("recipients", ",".join(recipients))):
+            if not value.isprintable():
+                raise UsageError(f"--to email: {what} holds a line break or control character")
         self._smtp: smtplib.SMTP | None = None
         self._used = 0.0
         self._address_lines: str | None = None
@@ -257,7 +262,8 @@ class Email(Channel):
         self._envelope_to = [address for _, address in getaddresses(recipients) if address]
 
     def render(self, signal: dict[str, Any], alert_id: str) -> str:
-        """The whole message as text (ASCII, ``\\n`` line ends); :meth:`send` sends it as it is."""
+        """The whole message as text with ``\\n`` line ends (ASCII unless an address is not);
+        :meth:`send` sends it as it is."""
         values = {k: v for k, v in signal.items() if isinstance(k, str)}
         values.update(
             {k: f.text(v) for k, v in values.items() if isinstance(v, str)},
@@ -296,7 +302,9 @@ class Email(Channel):
     def _addressing(self) -> str:
         """The From and To header lines, formatted once by the standard library, up to Date's value."""
         if self._address_lines is None:
-            msg = EmailMessage()
+            international = not (self.sender.isascii() and all(r.isascii() for r in self.recipients))
+            # an address that is not ASCII cannot be RFC 2047 encoded; it goes as UTF-8 (SMTPUTF8)
+            msg = EmailMessage(policy=email_policy.SMTPUTF8 if international else email_policy.default)
             msg["From"] = self.sender or "trade@localhost"
             msg["To"] = ", ".join(self.recipients) or "undisclosed-recipients:;"
             self._address_lines = "\n" + msg.as_string().rstrip("\n") + "\nDate: "
@@ -335,8 +343,8 @@ class Email(Channel):
             side,
             *numbers,
         ]
-        ids = pa.array(chunk.ids, pa.string())
-        html_ids = pa.array([e(i) for i in chunk.ids], pa.string()) if chunk.ids_given else ids
+        ids = pa.array([f.text(i) for i in chunk.ids] if chunk.ids_given else chunk.ids, pa.string())
+        html_ids = pa.array([e(f.text(i)) for i in chunk.ids], pa.string()) if chunk.ids_given else ids
         messages = chunk.distinct("message")
         text = pc.binary_join_element_wise(
             *_text_pieces(text_values, ids, messages.strings(lambda v: _text_message(f.block(v)))), ""
@@ -446,7 +454,7 @@ class Email(Channel):
         self._used = time.monotonic()
         envelope = [self._envelope_from, *self._envelope_to]
         options = ["SMTPUTF8"] if not all(a.isascii() for a in envelope) else []
-        data = msg.replace("\n", "\r\n").encode("ascii")  # sendmail leaves bytes as they are
+        data = msg.replace("\n", "\r\n").encode("utf-8")  # sendmail leaves bytes as they are
         return self._smtp.sendmail(self._envelope_from, self._envelope_to, data, mail_options=options)
 
     def send(self, rendered: str, alert_id: str) -> Outcome:
@@ -461,7 +469,8 @@ class Email(Channel):
                     continue  # the server dropped the idle connection: once more on a new one
                 return Outcome(False, f"{where} closed the connection", retry=True, maybe_sent=reused)
             except Exception as exc:  # every failure becomes an outcome; nothing escapes a worker
-                self.close()
+                if not _connection_still_good(exc):
+                    self.close()
                 return self.failure(exc, where, reused)
             if refused:
                 return Outcome(True, note=f"refused by the server: {', '.join(sorted(refused))}")
@@ -519,9 +528,8 @@ def _parts_column(subtype: str, bodies: pa.Array) -> pa.Array:
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    plain = pc.and_(pc.string_is_ascii(bodies), pc.invert(pc.match_substring(bodies, "=_"))).to_numpy(
-        zero_copy_only=False
-    )
+    odd = pc.or_(pc.match_substring(bodies, "=_"), pc.match_substring_regex(bodies, _CONTROL.pattern))
+    plain = pc.and_(pc.string_is_ascii(bodies), pc.invert(odd)).to_numpy(zero_copy_only=False)
     long = (pc.binary_length(bodies).to_numpy(zero_copy_only=False) > LINE_MAX) & plain
     for at in np.flatnonzero(long).tolist():  # a long body may still have short lines
         plain[at] = _seven_bit(bodies[at].as_py())
@@ -533,6 +541,13 @@ def _parts_column(subtype: str, bodies: pa.Array) -> pa.Array:
     for row in rest.tolist():
         encoded[row] = mime_part(subtype, bodies[row].as_py())
     return pa.array(encoded, pa.string())
+
+
+def _connection_still_good(exc: Exception) -> bool:
+    """A refusal of this message (sender, recipients or data, not 421) leaves the session open:
+    smtplib has reset it, so the next alert of the burst uses the same connection."""
+    refusal = (smtplib.SMTPDataError, smtplib.SMTPRecipientsRefused, smtplib.SMTPSenderRefused)
+    return isinstance(exc, refusal) and getattr(exc, "smtp_code", 0) != 421
 
 
 def _reply(exc: smtplib.SMTPResponseException) -> str:
