@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import orjson
 import pyarrow as pa
@@ -179,3 +180,50 @@ def test_arrow_reader_accepts_batches_one_by_one() -> None:
     os.close(write_fd)
     proc.wait(timeout=10)
     assert proc.returncode == 0
+
+
+@pytest.mark.parametrize(
+    ("fmt", "stage"),
+    [("ndjson", "enrich"), ("arrow", "enrich"), ("ndjson", "screen --pass-through"), ("arrow", "store")],
+)
+def test_sigterm_mid_stream_loses_no_record_already_read(fmt: str, stage: str, tmp_path: Path) -> None:
+    """Upstream goes on writing; the stage stops reading, and writes (or stores) every record it
+    counted in: none is left in its read-ahead."""
+    if stage == "store":
+        stage = f"store {tmp_path / 'store'}"
+    elif stage.startswith("screen"):
+        stage += f" --state-dir {tmp_path / 'screen'}"
+    upstream = subprocess.Popen(
+        trade_argv("ingest", "--seed", "3", "--rate", "40000", "--quiet", "--format", fmt),
+        stdout=subprocess.PIPE,
+        env=child_env(),
+    )
+    proc = subprocess.Popen(
+        trade_argv(*stage.split()),
+        stdin=upstream.stdout,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=child_env(),
+    )
+    assert upstream.stdout is not None
+    upstream.stdout.close()
+    time.sleep(2.0)  # started, and reading 40,000 records a second
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=30)
+    upstream.kill()
+    upstream.wait()
+    assert proc.returncode == 143, err
+    summary = err.decode().splitlines()[-1]
+    counted_in = int(summary.split(" in,")[0].rsplit(" ", 1)[-1].replace(",", ""))
+    assert counted_in > 10_000 and ", 0 rejected" in summary, summary
+    if stage.startswith("store"):
+        import duckdb
+
+        glob = str(tmp_path / "store" / "**" / "*.parquet")
+        [(stored,)] = duckdb.sql(f"select count(*) from read_parquet('{glob}')").fetchall()
+        assert stored == counted_in
+    else:
+        types = [r["type"] for r in ndjson_records(out)] if fmt == "ndjson" else None
+        if types is None:
+            types = arrow_table(out).column("type").to_pylist()
+        assert sum(t in ("trade", "quote") for t in types) == counted_in

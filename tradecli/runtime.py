@@ -38,10 +38,16 @@ class Stopper:
     Anywhere else it is remembered, and the stage stops at its next :meth:`check` - after the batch
     in hand has been written, so no half-written NDJSON line or Arrow message reaches the pipe.
     A second signal stops the stage immediately.
+
+    While a reader that finishes gracefully is active (``graceful``), the first signal does not
+    stop the stage at its checks: the reader stops reading, hands on what it had already read,
+    and the stream ends there, so no record taken from the pipe is lost.
     """
 
     def __init__(self) -> None:
         self.signum: int | None = None
+        self.signals = 0  # how many have arrived
+        self.graceful = 0
         self._blocking = 0
         self._previous: dict[int, Any] = {}
         self._wakeup: tuple[int, int] | None = None  # (read end, write end)
@@ -80,11 +86,12 @@ class Stopper:
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         first = self.signum is None
         self.signum = signum
+        self.signals += 1
         if self._blocking or not first:
             raise Stopped(signum)
 
     def check(self) -> None:
-        if self.signum is not None:
+        if self.signum is not None and (not self.graceful or self.signals > 1):
             raise Stopped(self.signum)
 
     @contextmanager
@@ -129,8 +136,9 @@ class Stopper:
             self._woken()
         return fd in readable
 
-    def wait_queue(self, handoff: queue.Queue[Any]) -> Any:
-        """The next item from a queue another thread fills; a signal stops the wait."""
+    def wait_queue(self, handoff: queue.Queue[Any], finishing: bool = False) -> Any:
+        """The next item from a queue another thread fills; a signal stops the wait (once
+        ``finishing``, only a second signal does)."""
         with self.blocking():
             while True:
                 try:
@@ -138,7 +146,8 @@ class Stopper:
                 except queue.Empty:
                     if self._wakeup is not None:
                         self._drain_wakeup()
-                    self.check()
+                    if self.signum is not None and (not finishing or self.signals > 1):
+                        raise Stopped(self.signum) from None
 
     def _drain_wakeup(self) -> None:
         assert self._wakeup is not None
@@ -236,6 +245,8 @@ def stage_session(
             raise
         except BaseException as exc:  # every way of ending maps to an exit code below
             ending = exc
+        if ending is None and stopper.signum is not None:  # a reader ended the stream on a signal
+            ending = Stopped(stopper.signum)
         try:
             session.close()
         except BaseException as exc:

@@ -35,7 +35,7 @@ import orjson
 import pyarrow as pa
 
 from tradecli import ndjson
-from tradecli.errors import DataError, TradeError
+from tradecli.errors import DataError, Stopped, TradeError
 from tradecli.ndjson import MAX_LINE
 from tradecli.records import (
     DICT_STRING,
@@ -55,6 +55,8 @@ FORMATS = ("ndjson", "arrow")
 
 READ_CAP = 4 << 20  # bytes gathered into one NDJSON micro-batch at most
 LINGER_SECONDS = 0.002  # when the pipe was full, wait this long for more before parsing
+FINISH_QUIET = 0.2  # when stopping, the input counts as ended once the pipe is quiet this long
+FINISH_MAX = 1.0  # ... or this long after the stop at the most (a writer that goes on)
 
 
 def _grow_pipe(fd: int) -> None:
@@ -80,6 +82,8 @@ class Input:
         self.eof = False
         self.bytes_read = 0
         self._cancelled = threading.Event()
+        self._finish_by: float | None = None  # set by finish(): a monotonic deadline
+        self._exact = False  # inside read(): an Arrow message is read whole, deadline or not
         try:
             self._fd: int | None = stream.fileno()
             os.fstat(self._fd)
@@ -92,28 +96,70 @@ class Input:
         """Make a read blocked in another thread give up (within a tenth of a second)."""
         self._cancelled.set()
 
+    def finish(self) -> None:
+        """Read on only what the writer has already sent: a pipe ends once it has been quiet for
+        FINISH_QUIET (FINISH_MAX at the most); a file or anything else ends at once."""
+        import stat
+        import time
+
+        pipe = False
+        if self._fd is not None:
+            with suppress(OSError):
+                pipe = stat.S_ISFIFO(os.fstat(self._fd).st_mode)
+        self._finish_by = time.monotonic() + (FINISH_MAX if pipe else 0.0)
+
     def _wait_readable(self) -> None:
         # wait in short steps rather than in one blocking read, so cancel() is seen (a thread
         # must not be inside pyarrow's reader when the interpreter shuts down) and so is a
         # signal the kernel handed to another thread
         assert self._fd is not None
         stopper = self.session.stopper if self.session is not None else None
-        while not (stopper.wait_readable(self._fd, 0.1) if stopper else self._ready(0.1)):
+        while True:
+            step = 0.1 if self._finish_by is None else FINISH_QUIET
+            if stopper.wait_readable(self._fd, step) if stopper else self._ready(step):
+                return
             if self._cancelled.is_set():
                 raise ReadCancelled(self.name)
+            if self._finish_by is not None:
+                raise _Finished
+
+    def rest_of_line(self, limit: int) -> bytes:
+        """Up to and including the next newline (the input's end, or ``limit`` bytes, at most),
+        read past the finish deadline; what follows the newline is dropped."""
+        self._exact = True
+        try:
+            data = bytearray(self._buffer)
+            self._buffer.clear()
+            while b"\n" not in data and len(data) <= limit and not self.eof:
+                data += self._raw_read(1 << 16)
+        finally:
+            self._exact = False
+        end = data.find(b"\n")
+        return bytes(data if end < 0 else data[: end + 1])
+
+    def finish_due(self) -> bool:
+        """finish() was called and its deadline has passed: take no new message or block."""
+        import time
+
+        return self._finish_by is not None and time.monotonic() >= self._finish_by
 
     def _raw_read(self, size: int) -> bytes:
         if self._cancelled.is_set():
             raise ReadCancelled(self.name)
-        if self._fd is None:
-            chunk = self._read_obj(size)
-        elif self.session is not None:
-            with self.session.stopper.blocking():
+        try:
+            if not self._exact and self.finish_due():
+                raise _Finished
+            if self._fd is None:
+                chunk = self._read_obj(size)
+            elif self.session is not None:
+                with self.session.stopper.blocking():
+                    self._wait_readable()
+                    chunk = os.read(self._fd, size)
+            else:
                 self._wait_readable()
                 chunk = os.read(self._fd, size)
-        else:
-            self._wait_readable()
-            chunk = os.read(self._fd, size)
+        except _Finished:
+            chunk = b""  # the stage is stopping: the input ends here
         if not chunk:
             self.eof = True
         self.bytes_read += len(chunk)
@@ -139,6 +185,13 @@ class Input:
 
     def read(self, size: int = -1) -> bytes:
         """Exactly ``size`` bytes unless the input ends first (what pyarrow's reader expects)."""
+        self._exact = True
+        try:
+            return self._read(size)
+        finally:
+            self._exact = False
+
+    def _read(self, size: int) -> bytes:
         if size is None or size < 0:
             while not self.eof:
                 self._buffer += self._raw_read(1 << 20)
@@ -259,7 +312,7 @@ class RecordReader:
         if not prefetch:
             yield from self._read_all()
             return
-        yield from _prefetched(self._read_all(), self.session, self.input.cancel)
+        yield from _prefetched(self._read_all(), self.session, self.input.cancel, self.input.finish)
 
     def _read_all(self) -> Iterator[pa.RecordBatch]:
         if self.input.peek(3) == BOM:  # some Windows tools start UTF-8 text with one; not data
@@ -296,6 +349,10 @@ class RecordReader:
         while True:
             chunk = self.input.read_available()
             at_eof = not chunk
+            if at_eof and not skipping and pending and self.input.finish_due():
+                # stopping in the middle of a line: its rest is already on its way, take it too
+                chunk = self.input.rest_of_line(MAX_LINE - len(pending))
+                at_eof = not chunk
             if skipping:
                 newline = chunk.find(b"\n")
                 if newline < 0:
@@ -368,6 +425,8 @@ class RecordReader:
         except (pa.ArrowInvalid, OSError) as err:
             return self._unreadable(f"unreadable Arrow stream header ({err})")
         while True:
+            if self.input.finish_due():
+                return False  # the stage is stopping: the input ends between two messages
             try:
                 batch = reader.read_next_batch()
             except StopIteration:
@@ -414,13 +473,23 @@ class ReadCancelled(Exception):
     """The stage stopped consuming; a reader thread gives up its read."""
 
 
+class _Finished(Exception):
+    """Input.finish() was called and nothing more is waiting: the input ends."""
+
+
 def _prefetched(
-    source: Iterator[pa.RecordBatch], session: Session, cancel: Callable[[], None], depth: int = 2
+    source: Iterator[pa.RecordBatch],
+    session: Session,
+    cancel: Callable[[], None],
+    finish: Callable[[], None] | None = None,
+    depth: int = 2,
 ) -> Iterator[pa.RecordBatch]:
     """Run ``source`` in a thread, ``depth`` batches ahead; its exceptions surface here, in order.
 
     When the consumer stops early the thread is told to give up and is waited for, so it is
-    never left inside native code while the process exits.
+    never left inside native code while the process exits. With ``finish`` (and in the main
+    thread, where signals arrive), a first SIGINT/SIGTERM ends the input instead: what was read
+    is handed on and the stream ends, so the stage writes every record it took from the pipe.
     """
     handoff: queue.Queue[Any] = queue.Queue(maxsize=depth)
     abandoned = threading.Event()
@@ -449,18 +518,33 @@ def _prefetched(
         cancel()
         worker.join(timeout=5)
 
+    stopper = session.stopper
+    graceful = finish is not None and threading.current_thread() is threading.main_thread()
+    stopper.check()  # stopped before this input began: nothing of it to finish
     worker = threading.Thread(target=produce, name="read-records", daemon=True)
     worker.start()
     session.on_close(stop)  # however the stage ends, even if this generator is never closed
+    finishing = False
+    stopper.graceful += graceful
     try:
         while True:
-            item = session.stopper.wait_queue(handoff)
+            if graceful and not finishing and stopper.signum is not None:
+                finishing = True
+                assert finish is not None
+                finish()  # the reader thread reads only what is already waiting, then ends
+            try:
+                item = stopper.wait_queue(handoff, finishing=finishing)
+            except Stopped:
+                if not graceful or stopper.signals > 1:
+                    raise
+                continue  # the first signal: finish above
             if item is _END:
                 return
             if isinstance(item, BaseException):
                 raise item
             yield item
     finally:
+        stopper.graceful -= graceful
         stop()
 
 
