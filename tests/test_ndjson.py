@@ -57,6 +57,21 @@ def _nan(v: Any) -> bool:
     return isinstance(v, float) and not math.isfinite(v)
 
 
+@pytest.mark.parametrize("lines", [2, 40])  # the careful path, and the fast one
+def test_unknown_whole_numbers_beyond_int64_pass_through(lines: int) -> None:
+    rows = [
+        {"type": "trade", "symbol": "A", "timestamp": 1795185000000000000 + i, "price": 1.5}
+        for i in range(lines)
+    ]
+    rows[0]["big"] = 18446744073709551615
+    rows[1]["big"] = 1
+    block = b"".join(orjson.dumps(r, option=orjson.OPT_APPEND_NEWLINE) for r in rows)
+    decoded = ndjson.decode(block, 1)
+    assert not decoded.rejects
+    values = [v for b in decoded.batches for v in b.column("big").to_pylist()]
+    assert values[:2] in ([18446744073709551615, 1], [1.8446744073709552e19, 1.0])
+
+
 def test_encode_leaves_out_nulls_and_is_compact() -> None:
     b = pa.record_batch(
         {"type": ["trade", "quote"], "symbol": ["A", "B"], "price": [1.5, None], "bid": [None, 2.0]}

@@ -338,9 +338,10 @@ def test_query_speed_paces_like_file_replay(tmp_path: Path) -> None:
     lines = [
         {"type": "trade", "symbol": "X", "timestamp": OPEN_NS + i * NS // 2, "price": 1.0} for i in range(5)
     ]
+    quote = {"type": "quote", "symbol": "X", "timestamp": OPEN_NS + 1, "bid": 1.0, "ask": 1.1}
     invoke(["store", store], input=corpus_bytes(lines))  # type: ignore[arg-type]
     started = time.monotonic()
-    paced = run_trade("store", "query", store, "--speed", "2", "-q")
+    paced = run_trade("store", "query", store, "--type", "trade", "--speed", "2", "-q")
     elapsed = time.monotonic() - started
     assert len(ndjson_records(paced.stdout)) == 5
     assert elapsed >= 0.9  # 2 s of recorded time at twice the pace
@@ -348,6 +349,13 @@ def test_query_speed_paces_like_file_replay(tmp_path: Path) -> None:
     picked = run_trade("store", "query", store, "--speed", "4", "--columns", "symbol,price", "-q")
     assert time.monotonic() - started >= 0.4  # paced by the times it does not print
     assert ndjson_records(picked.stdout) == [{"symbol": "X", "price": 1.0}] * 5
+    invoke(["store", store], input=corpus_bytes([quote]))  # type: ignore[arg-type]
+    mixed = run_trade("store", "query", store, "--speed", "100", "--columns", "symbol,price", "-q")
+    assert mixed.returncode == 0, mixed.stderr  # a quote has no price: it gives what it has
+    assert (
+        ndjson_records(mixed.stdout)
+        == [{"symbol": "X", "price": 1.0}, {"symbol": "X"}] + [{"symbol": "X", "price": 1.0}] * 4
+    )
 
 
 def test_store_reads_an_arrow_pipe_and_survives_head(tmp_path: Path) -> None:

@@ -230,6 +230,20 @@ def _coerce_known(record: dict[str, Any]) -> tuple[str, str] | None:
     return None
 
 
+def _unknown_column(values: list[Any]) -> pa.Array:
+    """A field the records do not define, typed by Arrow; whole numbers beyond int64 (a uint64
+    id, say) become uint64 when they fit, else float64, as the fast path's reader makes them."""
+    try:
+        return pa.array(values)
+    except (pa.ArrowInvalid, OverflowError):
+        if not all(v is None or (isinstance(v, int) and not isinstance(v, bool)) for v in values):
+            raise
+        ints = [v for v in values if v is not None]
+        if min(ints) >= 0 and max(ints) < 2**64:
+            return pa.array(values, pa.uint64())
+        return pa.array([None if v is None else float(v) for v in values], pa.float64())
+
+
 def _build(rows: list[dict[str, Any]], lines: np.ndarray) -> Iterable[tuple[pa.RecordBatch, np.ndarray]]:
     """Columns from dicts. A field whose values do not share a type splits the rows in two."""
     if not rows:
@@ -245,7 +259,7 @@ def _build(rows: list[dict[str, Any]], lines: np.ndarray) -> Iterable[tuple[pa.R
             if target is not None and target != TIMESTAMP:
                 columns.append(pa.array(values, type=STR if pa.types.is_dictionary(target) else target))
             else:
-                columns.append(pa.array(values))
+                columns.append(_unknown_column(values))
     except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
         if len(rows) == 1:
             # a lone row whose nested value Arrow cannot type: keep it as JSON text

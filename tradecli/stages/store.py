@@ -426,7 +426,8 @@ def query_command(
 
             batches = pace(batches, pace_speed, session)
             if shown and "timestamp" not in shown:
-                batches = (b.select(shown) for b in batches)
+                # a type without some of the columns (quotes have no price) gives what it has
+                batches = (b.select([c for c in shown if c in b.schema.names]) for b in batches)
         common.writer(session).write_all(batches)
         session.counters.records_in = session.counters.records_out
 
