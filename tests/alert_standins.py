@@ -25,6 +25,7 @@ import socket
 import ssl
 import threading
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -185,7 +186,7 @@ class _TLSServer(_Server):
         return self.context.wrap_socket(sock, server_side=True), address
 
 
-class StandIn:
+class StandIn(ABC):
     """A loopback HTTP server answering POSTs from a script; records every request."""
 
     def __init__(
@@ -240,8 +241,9 @@ class StandIn:
             target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
         )
 
+    @abstractmethod
     def answer(self, request: Request, step: Any) -> tuple[int, dict[str, str], bytes]:
-        raise NotImplementedError
+        """The status, headers and body for a request; ``step`` is the scripted behaviour."""
 
     def pause(self, step: Any) -> None:
         if isinstance(step, tuple) and step[0] == "slow":

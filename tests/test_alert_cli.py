@@ -306,19 +306,26 @@ def smtp_env(server: Any, **extra: str) -> dict[str, str]:
     }
 
 
+def mail(home: Path, server: Any, to: str, records: list[dict[str, Any]], **env: str) -> Any:
+    """``trade alert --to email:TO`` against the loopback server, trusting its CA."""
+    return run(
+        home,
+        "--to",
+        f"email:{to}",
+        "--ca-file",
+        str(server.ca_file),
+        input=lines(records),
+        **smtp_env(server, **env),
+    )
+
+
 @pytest.mark.parametrize("mode", ["starttls", "tls"])
 def test_email_over_tls_with_auth(home: Path, tmp_path: Path, mode: str) -> None:
     records = [sig(0, symbol="<AAPL>", message="<script>x</script> & more"), sig(1), sig(2)]
     with smtp_server(tmp_path, mode) as server:
-        env = smtp_env(server, TRADE_SMTP_SECURITY="tls" if mode == "tls" else "starttls")
-        result = run(
-            home,
-            "--to",
-            "email:desk@example.com,risk@example.com",
-            "--ca-file",
-            str(server.ca_file),
-            input=lines(records),
-            **env,
+        security = "tls" if mode == "tls" else "starttls"
+        result = mail(
+            home, server, "desk@example.com,risk@example.com", records, TRADE_SMTP_SECURITY=security
         )
         box = server.mailbox
     assert result.returncode == 0, result.stderr
@@ -343,15 +350,7 @@ def test_email_refused_message_and_hostile_alert_id_on_one_connection(home: Path
         sig(2, alert_id="abc\rdef\x00"),
     ]
     with smtp_server(tmp_path, "starttls", refuse=b"REFUSE-ME") as server:
-        result = run(
-            home,
-            "--to",
-            "email:desk@example.com",
-            "--ca-file",
-            str(server.ca_file),
-            input=lines(records),
-            **smtp_env(server),
-        )
+        result = mail(home, server, "desk@example.com", records)
         box = server.mailbox
     assert [r["status"] for r in receipts(result)] == ["delivered", "failed", "delivered"], result.stderr
     assert "554" in receipts(result)[1]["error"]

@@ -188,21 +188,17 @@ def _text_lists(text: pa.Array, target: pa.DataType) -> tuple[pa.Array, dict[int
     keep = np.asarray(pc.not_equal(flat, "").fill_null(False))
     elements, owners = flat.filter(pa.array(keep)), parents[keep]
     numeric = np.asarray(pc.match_substring_regex(elements, r"^[+-]?\d+(\.0*)?$"))
-    bad_rows = np.unique(owners[~numeric]) if pa.types.is_integer(target.value_type) else np.array([], int)
-    if not pa.types.is_integer(target.value_type) or bad_rows.size:
-        return _per_row(text, target)  # other element types, and the rows to report: one by one
+    if not pa.types.is_integer(target.value_type) or not numeric.all():
+        # other element types, and rows to report: one by one
+        return coerce_values(text.to_pylist(), target)
     try:
         values = pc.cast(pc.replace_substring_regex(elements, r"\.0*$", ""), target.value_type)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):  # out of the type's range
-        return _per_row(text, target)
+        return coerce_values(text.to_pylist(), target)
     counts = np.bincount(owners, minlength=len(text))
     offsets = np.concatenate(([0], np.cumsum(counts))).astype(np.int32)
     mask = pa.array(~np.asarray(text.is_valid()))
     return pa.ListArray.from_arrays(pa.array(offsets), values, mask=mask).cast(target), {}
-
-
-def _per_row(arr: pa.Array, target: pa.DataType) -> tuple[pa.Array, dict[int, Any]]:
-    return coerce_values(arr.to_pylist(), target)
 
 
 def _whole(value: Any) -> int:
