@@ -6,6 +6,7 @@ import io
 import os
 import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -205,11 +206,20 @@ def test_sigterm_mid_stream_loses_no_record_already_read(fmt: str, stage: str, t
         stderr=subprocess.PIPE,
         env=child_env(),
     )
-    assert upstream.stdout is not None
+    assert upstream.stdout is not None and proc.stdout is not None and proc.stderr is not None
     upstream.stdout.close()
+    # read the output as it comes: the stage keeps the stream's pace instead of waiting on a full
+    # pipe, where how much it had read would depend on the producer's timing more than on it
+    chunks: list[bytes] = []
+    stdout = proc.stdout
+    drain = threading.Thread(target=lambda: chunks.extend(iter(lambda: stdout.read(1 << 16), b"")))
+    drain.start()
     time.sleep(2.0)  # started, and reading 40,000 records a second
     proc.send_signal(signal.SIGTERM)
-    out, err = proc.communicate(timeout=30)
+    err = proc.stderr.read()
+    proc.wait(timeout=30)
+    drain.join(timeout=30)
+    out = b"".join(chunks)
     upstream.kill()
     upstream.wait()
     assert proc.returncode == 143, err

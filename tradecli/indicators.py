@@ -1,29 +1,30 @@
 """The streaming indicator engine behind ``trade enrich``: per-symbol state, columnar updates.
 
 :class:`IndicatorState` holds, for every series it has seen, what the next record needs and no more:
-rings of the last ``W`` prices and volumes (``W`` = the longest window), a carried sum per window,
-one value and one warm-up sum per exponential average, and the running session totals. That is
+rings of the last ``W`` prices and volumes (``W`` = the longest window), a carried integer sum per
+volume window, a warm-up sum and a scan carry per exponential average, and the session totals. That is
 O(longest period) per series, however long the stream. ``add(batch)`` updates the state from a whole
 record batch and returns the batch with the indicator columns; ``snapshot()`` / ``restore()``
 carry the state across restarts, as talipp's indicators carry theirs across ``add`` calls.
 
-How a batch is computed, without a Python loop per record:
+How a batch is computed, without a Python loop per record, so that the output is the same to the
+last bit however the stream is cut into batches (every value comes from the same floating-point
+operations in the same order, whatever the cuts):
 
 * The rows that update indicators (trades, and bars by their close) get a small integer code per
   series (symbol and kind) from a registry kept across batches, and are grouped by it with a stable
   radix sort: each series becomes one contiguous segment.
-* Window sums (SMA, the middle band, average volume): a row whose window lies inside the batch
-  sums it afresh with the van Herk/Gil-Werman split into blocks of the window length (each sum
-  adds fewer than ``n`` values of its own series, so nothing drifts and no other symbol's
-  magnitude leaks in). The first ``n - 1`` rows of a segment move the series' carried sum on by
-  ``new - leaving`` values read from its ring, as TA-Lib does for every record; the carried sum is
-  recomputed from the ring every ``n`` records, so rounding never accumulates. Volume sums are
-  integers, exact. Bollinger variance uses the same blocks with Welford/Chan statistics.
-* EMA, Wilder's RSI and ATR, and the MACD lines are linear recurrences ``y = a*y' + b`` per
-  series; so are running sums (``a = 1``). They run as a blocked segmented scan: each block of 8-32
-  values is solved in closed form with a cumulative sum of ``b * a**-j``, and the blocks' carries
-  are themselves a shorter scan of the same kind (recursively), seeded with the series' carried
-  value. Session highs and lows use the same scan with max. Scans sharing a layout run together.
+* Window sums (SMA, the middle band): every row's window is summed afresh from its own values,
+  the first ones read from the series' ring, so nothing drifts and no other symbol's magnitude
+  leaks in. Windows up to 32 are added value by value; longer ones use van Herk/Gil-Werman blocks
+  of the window length, placed at fixed series positions. Bollinger variance uses the same blocks
+  with Welford/Chan statistics. Volume sums are integers, exact.
+* EMA, Wilder's RSI and ATR, the MACD lines and the session's price x volume are linear
+  recurrences ``y = a*y' + b`` per series (``a = 1`` for a running sum). They run as a blocked
+  segmented scan: blocks of 16 values at fixed stream positions, each solved in closed form with a
+  running sum of ``b * a**-j``, and the value entering each block carried from the block before,
+  in order. The state keeps the current block's carry and running sum, so a batch that starts in
+  the middle of a block continues it exactly. Session highs and lows use the same blocks with max.
 
 TA-Lib's conventions, checked against it: EMA starts at the n-th value with the SMA of the first n,
 then ``alpha = 2/(n+1)``; RSI starts at the (n+1)-th value with the simple means of the first n
@@ -35,6 +36,7 @@ bands are SMA +/- k population standard deviations; ATR averages true ranges fro
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import zipfile
@@ -51,7 +53,7 @@ import pyarrow.compute as pc
 from tradecli.records import F64, I64, from_numpy
 
 SNAPSHOT_MAGIC = b"tradecli-enrich-state\n"
-SNAPSHOT_VERSION = 1
+SNAPSHOT_VERSION = 2  # 2: scans carry (carry, partial) pairs at fixed block positions
 
 TRADE, QUOTE, BAR = 1, 2, 3
 _TYPE_CODES = {"trade": TRADE, "quote": QUOTE, "bar": BAR}
@@ -59,6 +61,8 @@ _TYPE_CODES = {"trade": TRADE, "quote": QUOTE, "bar": BAR}
 _LINEAR, _MAX, _MIN = 0, 1, 2
 _IDENTITY = {_LINEAR: 0.0, _MAX: -np.inf, _MIN: np.inf}
 _NO_SESSION = np.iinfo(np.int64).min
+_DIRECT_WINDOW = 32  # windows up to this long are summed value by value; longer ones in van Herk blocks
+_FLAT_LIMIT = 1 << 20  # values in one flat array of windows (segments go in groups beyond it)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -117,140 +121,248 @@ def format_number(value: float) -> str:
 # Numeric kernels
 
 
-def _block_size(total: int, segments: int) -> int:
-    mean = total / max(segments, 1)
-    return 32 if mean >= 24 else 16 if mean >= 12 else 8
+CHUNK = 16  # values per block of a scan: fixed, so a series' blocks sit at the same places however it is cut
+_FEW_BLOCKS = 256  # below this many blocks numpy's accumulate along a block is the faster way
+_PYTHON_TAIL = 32  # (channel, segment) pairs below which the carry chain steps in Python floats
+
+
+@functools.cache
+def _power_tables(decays: tuple[float, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """``_powers`` of each channel, stacked: (channels, CHUNK) twice."""
+    up, down = zip(*(_powers(a) for a in decays), strict=True)
+    return np.stack(up), np.stack(down)
+
+
+@functools.cache
+def _powers(a: float) -> tuple[np.ndarray, np.ndarray]:
+    """``(a**-k, a**k)`` for ``k < CHUNK``, from Python floats: the same bits whatever the batch."""
+    if a == 0.0:
+        return np.ones(CHUNK), np.ones(CHUNK)  # y = b: the closed form is not used (see scan)
+    return np.array([(1.0 / a) ** k for k in range(CHUNK)]), np.array([a**k for k in range(CHUNK)])
 
 
 class ScanLayout:
-    """Where each value of a segmented scan goes: blocks of 8-32 values, never shared by two segments.
+    """Where each value of a segmented scan goes: blocks of ``CHUNK`` values at fixed stream positions.
 
-    Built once per segmentation and reused by every scan over it; one call scans many channels.
-    Blocks are stored position-major, (width, blocks): a step along a block is then one vector
-    operation over every block, many times faster than numpy's accumulate along a short axis.
+    A segment whose first value has stream index ``first`` puts value ``j`` in slot
+    ``(first + j) % CHUNK`` of a block of its own, so a series' blocks hold the same values however
+    its stream is cut into batches, and every value is computed by the same operations in the same
+    order: the output does not depend on the cuts, to the last bit. Blocks are stored
+    position-major, (CHUNK, blocks): a step along a block is one vector operation over every block.
     """
 
-    def __init__(self, lengths: np.ndarray) -> None:
+    def __init__(self, lengths: np.ndarray, first: np.ndarray) -> None:
         self.lengths = lengths
         self.total = int(lengths.sum())
-        self.simple = self.total == 0 or int(lengths.max()) <= 1
-        self.child: ScanLayout | None = None
-        if self.simple:
+        has = lengths > 0
+        lead = first % CHUNK
+        # one value per segment (a quiet stream's small batches): no blocks needed, same operations
+        self.singles = self.total > 0 and self.total == lengths.size and bool(has.all())
+        if self.singles:
+            self.lead = lead
             return
-        width = _block_size(self.total, lengths.size)
-        blocks_per = (lengths + (width - 1)) // width
+        blocks_per = np.where(has, (lead + lengths + (CHUNK - 1)) // CHUNK, 0)
         first_block = np.cumsum(blocks_per) - blocks_per
         starts = np.cumsum(lengths) - lengths
-        self.width = width
         self.n_blocks = n_blocks = int(blocks_per.sum())
-        linear = np.repeat(first_block * width - starts, lengths) + np.arange(self.total)
-        shift = width.bit_length() - 1  # widths are powers of two
-        self.pos = (linear & (width - 1)) * n_blocks + (linear >> shift)  # (step, block) of each value
-        unused = np.ones(n_blocks * width, dtype=bool)
-        unused[self.pos] = False
-        self.pad = np.flatnonzero(unused)
-        self.has = blocks_per > 0
+        linear = np.repeat(first_block * CHUNK + lead - starts, lengths) + np.arange(self.total)
+        self.pos = (linear % CHUNK) * n_blocks + linear // CHUNK  # (slot, block) of each value
+        self.has = np.flatnonzero(has)
         self.first_block = first_block[self.has]
-        if int(blocks_per.max()) > 1:
-            self.child = ScanLayout(blocks_per)
+        self.lead = lead[self.has]
+        last = (first_block * CHUNK + lead + lengths - 1)[self.has]
+        self.last_slot = (last % CHUNK) * n_blocks + last // CHUNK
+        self.last_step = last % CHUNK
+        self.last_block = last // CHUNK
+        self.last_value = (starts + lengths - 1)[self.has]
+        # the carry chain runs block after block; segments with more blocks first
+        per = blocks_per[self.has]
+        self.order = np.argsort(-per, kind="stable")
+        self.chain_blocks = per[self.order]
+        self.chain_base = self.first_block[self.order]
 
     def scan(
-        self, values: Sequence[np.ndarray], init: np.ndarray, op: int, a: np.ndarray | None = None
-    ) -> np.ndarray:
-        """Inclusive scan of each segment of every channel (row of ``values``), from ``init``.
+        self,
+        values: Sequence[np.ndarray],
+        carry: np.ndarray,
+        op: int,
+        a: np.ndarray | None = None,
+        partial: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Inclusive scan of each segment of every channel; and where each segment ends.
 
         ``op`` is ``_LINEAR`` (``y = a*y' + v`` with ``a`` per channel; ``a = 1`` is a running sum),
-        ``_MAX`` or ``_MIN``. ``values`` holds one array per channel (or is a 2-d array),
-        ``init`` is (channels, segments).
+        ``_MAX`` or ``_MIN``. ``values`` holds one array per channel; ``carry`` and ``partial`` are
+        (channels, segments). In a block, ``y_k = a**k * (C*a + S_k)`` with ``S_k`` the running sum
+        of ``v_j * a**-j`` and ``C`` the value before the block. A segment that starts inside a
+        block continues from its ``carry`` (that block's ``C``) and ``partial`` (``S`` so far);
+        the returned pair is what the next batch of the segment needs. Extremes ignore ``partial``.
         """
         channels = len(values)
-        if a is None:
-            a = np.ones(channels)
+        a = np.ones(channels) if a is None else a
+        if self.singles:
+            return self._scan_singles(np.stack(values), carry, op, a, partial)
+        carry_out = carry.copy()
+        partial_out = np.full(carry.shape, -0.0) if partial is None else partial.copy()
         if self.total == 0:
-            return np.empty((channels, 0))
-        if self.simple:
-            start = np.repeat(init, self.lengths, axis=1)
-            stacked = np.stack(values) if not isinstance(values, np.ndarray) else values
-            if op == _LINEAR:
-                simple: np.ndarray = a[:, None] * start + stacked
-            else:
-                simple = np.maximum(start, stacked) if op == _MAX else np.minimum(start, stacked)
-            return simple
-        width, n_blocks = self.width, self.n_blocks
-        padded = np.empty((channels, width * n_blocks))
+            return np.empty((channels, 0)), carry_out, partial_out
+        linear = op == _LINEAR
+        n_blocks = self.n_blocks
+        padded = np.full((channels, CHUNK * n_blocks), -0.0 if linear else _IDENTITY[op])  # -0.0 adds nothing
         for row, channel in zip(padded, values, strict=True):  # 1-d fancy indexing is 3x faster
             row[self.pos] = channel
-            if self.pad.size:
-                row[self.pad] = _IDENTITY[op]
-        blocks = padded.reshape(channels, width, n_blocks)
-        steps = np.arange(width, dtype=np.float64)
-        closed = np.ones(channels, dtype=bool)
-        plain = True
-        if op == _LINEAR:
-            with np.errstate(under="ignore"):
-                closed = (a == 1.0) | (a ** (width - 1) > 1e-200)
-            plain = bool((a == 1.0).all())
-            if not plain:
-                # closed form inside a block: y_k = a**k * (carry*a + sum_j a**-j b_j). Every term keeps
-                # its sign, so the relative error stays that of a plain sum of `width` terms.
-                with np.errstate(divide="ignore", over="ignore"):
-                    up = np.where(closed[:, None], np.power((1.0 / a)[:, None], steps), 1.0)
-                blocks *= up[:, :, None]
-        tiny = np.flatnonzero(~closed)
-        raw: dict[int, np.ndarray] = {int(c): blocks[c].copy() for c in tiny}
-        weights: dict[int, np.ndarray] = {}
-        for c in raw:  # a tiny multiplier (EMA(1), deep levels): a small matrix product
-            with np.errstate(under="ignore"):
-                w = np.power(a[c], np.maximum(steps[:, None] - steps[None, :], 0.0))
-            w[steps[:, None] < steps[None, :]] = 0.0
-            weights[c] = w
-        # running sums (or maxima) along each block, from the block's own start
-        if op == _LINEAR:
-            for k in range(1, width):
-                blocks[:, k] += blocks[:, k - 1]
+        blocks = padded.reshape(channels, CHUNK, n_blocks)
+        plain = not linear or bool((a == 1.0).all())
+        if not plain:
+            up, down = _power_tables(tuple(a.tolist()))
+            blocks *= up[:, :, None]
+        continued = np.flatnonzero(self.lead > 0)
+        if linear and continued.size:
+            assert partial is not None, "a segment starts inside a block: its partial sum is needed"
+            slots = (self.lead[continued] - 1) * n_blocks + self.first_block[continued]
+            padded[:, slots] = partial[:, self.has[continued]]
+        # running sums (or extremes) along each block, from the block's own start
+        extreme = np.maximum if op == _MAX else np.minimum
+        if n_blocks < _FEW_BLOCKS:  # accumulate is sequential too: the same sums, with less overhead
+            (np.add if linear else extreme).accumulate(blocks, axis=1, out=blocks)
         else:
-            extreme = np.maximum if op == _MAX else np.minimum
-            for k in range(1, width):
-                extreme(blocks[:, k], blocks[:, k - 1], out=blocks[:, k])
-        if self.child is None:
-            incoming = init[:, self.has]
+            for k in range(1, CHUNK):
+                if linear:
+                    blocks[:, k] += blocks[:, k - 1]
+                else:
+                    extreme(blocks[:, k], blocks[:, k - 1], out=blocks[:, k])
+        running = padded[:, self.last_slot]  # S at each segment's last value, before the carries join
+        last_down = None if plain else down[:, -1]
+        incoming = self._chain(blocks[:, CHUNK - 1], carry[:, self.has], op, a, last_down)
+        if not linear:
+            extreme(blocks, incoming[:, None, :], out=blocks)
+        elif plain:
+            blocks += incoming[:, None, :]
         else:
-            # each block's own total (as if the series started at the block) feeds the carries
-            ends = blocks[:, width - 1].copy()
-            if op == _LINEAR:
-                with np.errstate(under="ignore"):
-                    ends *= (a ** (width - 1))[:, None]
-                for c, block in raw.items():
-                    ends[c] = weights[c][-1] @ block
-            with np.errstate(under="ignore"):
-                carried = self.child.scan(list(ends), init, op, a**width if op == _LINEAR else None)
-            incoming = np.empty((channels, n_blocks))
-            incoming[:, 1:] = carried[:, :-1]
-            incoming[:, self.first_block] = init[:, self.has]
-        if op == _LINEAR:
-            if plain:
-                blocks += incoming[:, None, :]
-            else:
-                blocks += (incoming * a[:, None])[:, None, :]
-                with np.errstate(under="ignore"):
-                    down = np.where(closed[:, None], np.power(a[:, None], steps), 1.0)
-                blocks *= down[:, :, None]
-            for c, block in raw.items():
-                with np.errstate(under="ignore"):
-                    blocks[c] = weights[c] @ block + np.power(a[c], steps + 1)[:, None] * incoming[c][None, :]
-        elif op == _MAX:
-            np.maximum(blocks, incoming[:, None, :], out=blocks)
-        else:
-            np.minimum(blocks, incoming[:, None, :], out=blocks)
+            blocks += (incoming * a[:, None])[:, None, :]
+            blocks *= down[:, :, None]
         out: np.ndarray = np.take(padded, self.pos, axis=1)
-        return out
+        last = padded[:, self.last_slot]
+        if linear:
+            closed = self.last_step == CHUNK - 1  # the last value ends its block: the next starts from it
+            carry_out[:, self.has] = np.where(closed, last, incoming[:, self.last_block])
+            partial_out[:, self.has] = np.where(closed, -0.0, running)
+        else:
+            carry_out[:, self.has] = last
+        for c in np.flatnonzero(linear & (a == 0.0)).tolist():  # y = b (an average of one value)
+            out[c] = values[c]
+            carry_out[c, self.has] = out[c][self.last_value]
+            partial_out[c, self.has] = -0.0
+        return out, carry_out, partial_out
+
+    def _scan_singles(
+        self, b: np.ndarray, carry: np.ndarray, op: int, a: np.ndarray, partial: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """:meth:`scan` when every segment holds one value: the operations of a block's slot."""
+        lead = self.lead
+        if op != _LINEAR:
+            y = (np.maximum if op == _MAX else np.minimum)(b, carry)
+            return y, y.copy(), np.full(carry.shape, -0.0) if partial is None else partial.copy()
+        plain = bool((a == 1.0).all())
+        if plain:
+            running = b.copy()
+        else:
+            up, down = _power_tables(tuple(a.tolist()))
+            running = b * up[:, lead]
+        continued = np.flatnonzero(lead > 0)
+        if continued.size:
+            assert partial is not None, "a segment starts inside a block: its partial sum is needed"
+            running[:, continued] += partial[:, continued]
+        if plain:
+            y = running + carry
+        else:
+            y = running + carry * a[:, None]
+            y *= down[:, lead]
+        closed = lead == CHUNK - 1
+        carry_out = np.where(closed, y, carry)
+        partial_out = np.where(closed, -0.0, running)
+        for c in np.flatnonzero(a == 0.0).tolist():  # y = b (an average of one value)
+            y[c] = b[c]
+            carry_out[c] = b[c]
+            partial_out[c] = -0.0
+        return y, carry_out, partial_out
+
+    def _chain(
+        self, block_ends: np.ndarray, start: np.ndarray, op: int, a: np.ndarray, last_down: np.ndarray | None
+    ) -> np.ndarray:
+        """The value before each block: ``start`` for a segment's first, then block after block.
+
+        The chain is sequential, as the definition is: one vector step per block index over every
+        segment that has such a block, and Python floats for the few long segments left (the same
+        IEEE operations, so the same bits).
+        """
+        channels = block_ends.shape[0]
+        incoming = np.empty((channels, self.n_blocks))
+        incoming[:, self.first_block] = start
+        top = int(self.chain_blocks[0]) if self.chain_blocks.size else 0
+        if top <= 1:
+            return incoming
+        linear = op == _LINEAR
+        extreme = np.maximum if op == _MAX else np.minimum
+        carry = start[:, self.order]
+        base, falling = self.chain_base, -self.chain_blocks
+        j = 1
+        while j < top:
+            count = int(np.searchsorted(falling, -j, side="left"))  # segments with a block j
+            if count * channels <= _PYTHON_TAIL:
+                break
+            before = base[:count] + (j - 1)
+            if linear:
+                step = carry[:, :count] * a[:, None]
+                step += block_ends[:, before]
+                if last_down is not None:
+                    step *= last_down[:, None]
+            else:
+                step = extreme(carry[:, :count], block_ends[:, before])
+            carry[:, :count] = step
+            incoming[:, before + 1] = step
+            j += 1
+        if j < top:
+            self._chain_tail(incoming, block_ends, carry, j, op, a, last_down)
+        return incoming
+
+    def _chain_tail(
+        self,
+        incoming: np.ndarray,
+        block_ends: np.ndarray,
+        carry: np.ndarray,
+        j: int,
+        op: int,
+        a: np.ndarray,
+        last_down: np.ndarray | None,
+    ) -> None:
+        """The rest of the chain from block ``j``, one Python float step per block."""
+        count = int(np.searchsorted(-self.chain_blocks, -j, side="left"))
+        for c in range(block_ends.shape[0]):
+            ac = float(a[c])
+            dc = 1.0 if last_down is None else float(last_down[c])
+            ends = block_ends[c]
+            for s in range(count):
+                first, blocks = int(self.chain_base[s]), int(self.chain_blocks[s])
+                y = float(carry[c, s])
+                steps = []
+                for end in ends[first + j - 1 : first + blocks - 1].tolist():
+                    if op == _LINEAR:
+                        y = (y * ac + end) * dc  # * 1.0 changes no bits: the vector step's value
+                    elif op == _MAX:
+                        y = end if (end > y or end != end) else y  # np.maximum: NaN wins
+                    else:
+                        y = end if (end < y or end != end) else y
+                    steps.append(y)
+                incoming[c, first + j : first + blocks] = steps
 
 
 def seg_scan(
     values: np.ndarray, lengths: np.ndarray, init: np.ndarray, op: int, a: float = 1.0
 ) -> np.ndarray:
-    """One channel of :meth:`ScanLayout.scan`: ``values`` (total,), ``init`` (segments,)."""
-    out: np.ndarray = ScanLayout(lengths).scan([values], init[None, :], op, np.array([a]))[0]
+    """One channel of :meth:`ScanLayout.scan` over segments that start a stream: ``init`` (segments,)."""
+    layout = ScanLayout(lengths, np.zeros(lengths.size, dtype=np.int64))
+    out: np.ndarray = layout.scan([values], init[None, :], op, np.array([a]))[0][0]
     return out
 
 
@@ -291,7 +403,7 @@ def window_sums(flat: np.ndarray, ends: np.ndarray, width: int) -> np.ndarray:
     if width == 1:
         out1: np.ndarray = flat[ends].astype(np.float64)
         return out1
-    if width <= 32:
+    if width <= _DIRECT_WINDOW:
         size = flat.shape[0]
         total = flat[width - 1 :].astype(np.float64, copy=True)  # total[j]: the window ending at j+width-1
         for k in range(1, width):
@@ -478,7 +590,7 @@ def _averages(spec: Spec) -> list[Average]:
 # The state
 
 
-_PER_INDICATOR = frozenset({"warm", "value", "sums", "volume_sums"})  # (indicators, series) arrays
+_PER_INDICATOR = frozenset({"warm", "carry", "partial", "volume_sums"})  # (indicators, series) arrays
 
 
 @dataclass
@@ -492,12 +604,14 @@ class _Arrays:
     count: np.ndarray  # records seen
     prices: np.ndarray  # (series, W) ring of prices (bar closes)
     volumes: np.ndarray  # (series, Wv) ring of volumes, int64
-    sums: np.ndarray  # (SMA windows, series): sum of the last n prices
     volume_sums: np.ndarray  # (volume windows, series): sum of the last n volumes, int64 (exact)
     warm: np.ndarray  # (averages, series): sum of inputs while warming up
-    value: np.ndarray  # (averages, series): the average after the last record
+    carry: np.ndarray  # (averages, series): the average before the last record's scan block
+    partial: np.ndarray  # (averages, series): the block's running sum so far (see ScanLayout.scan)
     session: np.ndarray  # int64 session key of the last record, or _NO_SESSION
-    pv: np.ndarray  # session sum of price * volume
+    session_rows: np.ndarray  # records of the series in its current session
+    pv_carry: np.ndarray  # session sum of price * volume before the last record's block
+    pv_partial: np.ndarray  # and the block's running sum so far
     volume: np.ndarray  # session volume, int64
     high: np.ndarray
     low: np.ndarray
@@ -508,12 +622,14 @@ class _Arrays:
             count=np.zeros(capacity, dtype=np.int64),
             prices=np.zeros((capacity, shape.ring)),
             volumes=np.zeros((capacity, shape.volume_ring), dtype=np.int64),
-            sums=np.zeros((shape.windows, capacity)),
             volume_sums=np.zeros((shape.volume_windows, capacity), dtype=np.int64),
             warm=np.zeros((shape.averages, capacity)),
-            value=np.zeros((shape.averages, capacity)),
+            carry=np.zeros((shape.averages, capacity)),
+            partial=np.full((shape.averages, capacity), -0.0),
             session=np.full(capacity, _NO_SESSION, dtype=np.int64),
-            pv=np.zeros(capacity),
+            session_rows=np.zeros(capacity, dtype=np.int64),
+            pv_carry=np.zeros(capacity),
+            pv_partial=np.full(capacity, -0.0),
             volume=np.zeros(capacity, dtype=np.int64),
             high=np.full(capacity, -np.inf),
             low=np.full(capacity, np.inf),
@@ -539,7 +655,6 @@ class _Arrays:
 class _Shape:
     ring: int
     volume_ring: int
-    windows: int
     volume_windows: int
     averages: int
 
@@ -570,12 +685,11 @@ class IndicatorState:
 
     def __post_init__(self) -> None:
         self.averages = _averages(self.spec)
-        # every SMA the output needs (Bollinger's middle band is one), with a carried sum each
+        # every SMA the output needs (Bollinger's middle band is one)
         self.windows = tuple(dict.fromkeys([*self.spec.sma, *(n for n, _ in self.spec.bbands)]))
         self.shape = _Shape(
             ring=max([*self.windows, 1]),
             volume_ring=max([*self.spec.volume_avg, 1]),
-            windows=len(self.windows),
             volume_windows=len(self.spec.volume_avg),
             averages=len(self.averages),
         )
@@ -700,7 +814,7 @@ class IndicatorState:
             rank=np.arange(rows.size) - np.repeat(starts, lengths),
             seen=self._state.count[series],
             is_bar=is_bar_row[order][starts],
-            layout=ScanLayout(lengths),
+            layout=ScanLayout(lengths, self._state.count[series]),
         )
 
     # -- one batch ------------------------------------------------------------------------------
@@ -819,35 +933,15 @@ class IndicatorState:
 
         prev = back(x, st.prices, ring, 1)  # the previous price of the series (from its second record)
         out: dict[str, np.ndarray] = {}
-        results: dict[str, np.ndarray] = {}
-        linear: list[_Job] = []
 
-        # windowed sums: a row whose window lies in this batch sums it directly (van Herk, below);
-        # the first n-1 rows of a segment move the series' carried sum on by (new - leaving)
-        # values. The carried sum is recomputed from the ring every n records, so rounding never
-        # accumulates, and no sum ever spans two symbols.
-        heads: dict[int, np.ndarray] = {}  # window -> its head rows, when scanned apart
-        for i, width in enumerate(self.windows):
-            carried_sum = st.sums[i, g.series].copy()
-            fresh = np.flatnonzero((g.seen > 0) & (g.seen // width != (g.seen + lengths) // width))
-            if fresh.size:
-                at = g.seen[fresh, None] - width + np.arange(width)
-                held = st.prices[g.series[fresh, None], at % ring]
-                carried_sum[fresh] = np.where(at >= 0, held, 0.0).sum(axis=1)
-            reach = np.minimum(lengths, width - 1)  # rows of each segment whose window reaches back
-            if 2 * int(reach.sum()) < total:
-                head = np.flatnonzero(g.rank < width - 1)
-                leaving = np.zeros(head.size)
-                old = np.flatnonzero(position[head] >= width)
-                leaving[old] = st.prices[series_row[head[old]], (position[head[old]] - width) % ring]
-                heads[i] = head
-                linear.append(
-                    _Job(ScanLayout(reach), x[head] - leaving, carried_sum, 1.0, f"sum{i}", results)
-                )
-            else:
-                linear.append(
-                    _Job(g.layout, x - back(x, st.prices, ring, width), carried_sum, 1.0, f"sum{i}", results)
-                )
+        # windowed sums: every row's window is summed afresh, its first values read from the ring
+        smas: dict[int, np.ndarray] = {}
+        for width in self.windows:
+            sma = self._windowed(g, x, width, window_sums, aligned=width > _DIRECT_WINDOW) / width
+            sma[position < width - 1] = np.nan
+            smas[width] = sma
+        for width in spec.sma:
+            out[f"sma_{width}"] = smas[width]
         volume_sums: list[np.ndarray] = []
         for i, width in enumerate(spec.volume_avg):
             change = vol - back(vol, st.volumes, volume_ring, width)
@@ -861,12 +955,11 @@ class IndicatorState:
         if key is not None:
             epoch = np.repeat(np.maximum(carried, key), lengths)
             continues = carried >= key
-            runs = g.layout
-            run_series = g.series
+            run_lengths, run_segment = lengths, np.arange(segments)
         else:
-            keys = self.clock.keys(stamps[rows])
+            keys = self.clock.keys(stamps[rows]).astype(np.float64)
             init = np.where(carried == _NO_SESSION, -np.inf, carried.astype(np.float64))
-            epoch_f = g.layout.scan([keys.astype(np.float64)], init[None, :], _MAX)[0]
+            epoch_f = g.layout.scan([keys], init[None, :], _MAX)[0][0]
             before = np.empty(total)
             before[1:] = epoch_f[:-1]
             before[starts] = init
@@ -877,8 +970,10 @@ class IndicatorState:
             run_first = np.flatnonzero(flags)
             run_lengths = np.diff(np.append(run_first, total))
             continues = (g.rank[run_first] == 0) & ~reset[run_first]
-            runs = ScanLayout(run_lengths) if run_first.size != segments else g.layout
-            run_series = g.series[g.seg[run_first]]
+            run_segment = g.seg[run_first]
+        run_series = g.series[run_segment]
+        run_seen = np.where(continues, st.session_rows[run_series], 0)  # session records before the batch
+        runs = ScanLayout(run_lengths, run_seen)  # blocks at fixed places in the session
         if any_bar:
             assert bar_row is not None
             high = np.where(bar_row, _floats(batch, "high")[rows], x)
@@ -888,55 +983,50 @@ class IndicatorState:
             vwap_price = np.where(bar_row, np.where(np.isnan(own), typical, own), x)
         else:
             high = low = vwap_price = x
-        linear.append(
-            _Job(runs, vwap_price * vol, np.where(continues, st.pv[run_series], 0.0), 1.0, "pv", results)
+        (cum_pv,), pv_carry, pv_partial = runs.scan(
+            [vwap_price * vol],
+            np.where(continues, st.pv_carry[run_series], 0.0)[None, :],
+            _LINEAR,
+            partial=st.pv_partial[run_series][None, :],
         )
-        extremes = [
-            _Job(runs, high, np.where(continues, st.high[run_series], -np.inf), 1.0, "high", results),
-            _Job(runs, -low, -np.where(continues, st.low[run_series], np.inf), 1.0, "low", results),
-        ]
-        _run(extremes, _MAX)  # the day's low is minus the maximum of minus the lows
-        day_high, day_low = results["high"], -results["low"]
-        cum_v = seg_cumsum_int(vol, runs.lengths, np.where(continues, st.volume[run_series], 0))
+        # the day's low is minus the highest of minus the lows; + 0.0 makes every zero +0.0, so
+        # which of two equal extremes wins never shows
+        extremes, extremes_end, _ = runs.scan(
+            [high + 0.0, -low + 0.0],
+            np.stack(
+                [
+                    np.where(continues, st.high[run_series], -np.inf),
+                    -np.where(continues, st.low[run_series], np.inf) + 0.0,
+                ]
+            ),
+            _MAX,
+        )
+        day_high, day_low = extremes[0], -extremes[1] + 0.0
+        cum_v = seg_cumsum_int(vol, run_lengths, np.where(continues, st.volume[run_series], 0))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out["vwap"] = np.where(cum_v > 0, cum_pv / cum_v, np.nan)
+
         # exponential averages, those of prices first, then the MACD signal lines built on them
         sources: dict[str, np.ndarray] = {"price": x}
         if any(avg.source in ("gain", "loss") for avg in self.averages):
             change = x - prev
-            sources["gain"], sources["loss"] = np.maximum(change, 0.0), np.maximum(-change, 0.0)
+            sources["gain"] = np.maximum(change, 0.0) + 0.0
+            sources["loss"] = np.maximum(-change, 0.0) + 0.0
         if any(avg.source == "range" for avg in self.averages):
             sources["range"] = np.maximum(high - low, np.maximum(np.abs(high - prev), np.abs(low - prev)))
         averaged: dict[Average, np.ndarray] = {}
         new_warm = st.warm[:, g.series].copy()
-        new_value = st.value[:, g.series].copy()
+        new_carry = st.carry[:, g.series].copy()
+        new_partial = st.partial[:, g.series].copy()
         first_stage = [i for i, avg in enumerate(self.averages) if not avg.source.startswith("macd:")]
         second_stage = [i for i, avg in enumerate(self.averages) if avg.source.startswith("macd:")]
-        linear += self._averages(g, first_stage, sources, bar_row, averaged, new_warm, new_value)
-        _run(linear, _LINEAR)
-        cum_pv = results["pv"]
-        with np.errstate(invalid="ignore", divide="ignore"):
-            out["vwap"] = np.where(cum_v > 0, cum_pv / cum_v, np.nan)
-        smas: dict[int, np.ndarray] = {}
-        window_sums_now: dict[int, np.ndarray] = {}
-        for i, width in enumerate(self.windows):
-            if i in heads:
-                window_sum = np.empty(total)
-                window_sum[heads[i]] = results[f"sum{i}"]
-            else:
-                window_sum = results[f"sum{i}"]
-            inside = np.flatnonzero(g.rank >= width - 1)  # the window lies in this batch: sum it afresh
-            if inside.size:
-                window_sum[inside] = window_sums(x, inside, width)
-            window_sums_now[i] = window_sum
-            smas[width] = window_sum / width
-            if int(g.seen.min()) < width - 1:
-                smas[width][position < width - 1] = np.nan
-        for width in spec.sma:
-            out[f"sma_{width}"] = smas[width]
+        state = (new_warm, new_carry, new_partial)
+        self._averages(g, first_stage, sources, position, bar_row, averaged, state)
         for i in second_stage:
             fast, slow = (int(p) for p in self.averages[i].source.split(":")[1].split(","))
             line = averaged[ema_average("price", fast, slow - fast)] - averaged[ema_average("price", slow)]
             sources[self.averages[i].source] = line
-        _run(self._averages(g, second_stage, sources, bar_row, averaged, new_warm, new_value), _LINEAR)
+        self._averages(g, second_stage, sources, position, bar_row, averaged, state)
 
         for width in spec.ema:
             out[f"ema_{width}"] = averaged[ema_average("price", width)]
@@ -956,7 +1046,9 @@ class IndicatorState:
             out[f"macd_hist_{suffix}"] = line - sig
         for width, k in spec.bbands:
             middle = smas[width]
-            std = np.sqrt(self._variance(g, x, position, width))
+            variance = self._windowed(g, x, width, window_variance, aligned=True)
+            variance[position < width - 1] = np.nan
+            std = np.sqrt(variance)
             suffix = f"{width}_{format_number(k)}"
             out[f"bb_upper_{suffix}"] = middle + k * std
             out[f"bb_middle_{suffix}"] = middle
@@ -973,9 +1065,9 @@ class IndicatorState:
         out["day_low"] = day_low
 
         last = starts + lengths - 1  # a segment's last session run ends at its last row
+        last_run = np.flatnonzero(np.append(run_segment[1:] != run_segment[:-1], True))
         kept = np.flatnonzero(g.rank >= np.repeat(lengths - ring, lengths))  # rows that stay in the ring
         kept_volume = np.flatnonzero(g.rank >= np.repeat(lengths - volume_ring, lengths))
-        new_sums = np.array([window_sums_now[i][last] for i in range(len(self.windows))])
         new_volume_sums = np.array([sums[last] for sums in volume_sums])
 
         def commit() -> None:
@@ -983,133 +1075,114 @@ class IndicatorState:
             st.count[series] += lengths
             st.prices[series_row[kept], position[kept] % ring] = x[kept]
             st.volumes[series_row[kept_volume], position[kept_volume] % volume_ring] = vol[kept_volume]
-            if self.windows:
-                st.sums[:, series] = new_sums
             if spec.volume_avg:
                 st.volume_sums[:, series] = new_volume_sums
             st.warm[:, series] = new_warm
-            st.value[:, series] = new_value
+            st.carry[:, series] = new_carry
+            st.partial[:, series] = new_partial
             st.session[series] = epoch[last]
-            st.pv[series] = cum_pv[last]
+            st.session_rows[series] = (run_seen + run_lengths)[last_run]
+            st.pv_carry[series] = pv_carry[0, last_run]
+            st.pv_partial[series] = pv_partial[0, last_run]
             st.volume[series] = cum_v[last]
-            st.high[series] = day_high[last]
-            st.low[series] = day_low[last]
+            st.high[series] = extremes_end[0, last_run]
+            st.low[series] = -extremes_end[1, last_run] + 0.0
 
         return out, cum_v, commit
 
-    def _variance(self, g: _Rows, x: np.ndarray, position: np.ndarray, width: int) -> np.ndarray:
-        """Population variance over the last ``width`` prices of each row's series.
+    def _windowed(
+        self,
+        g: _Rows,
+        x: np.ndarray,
+        width: int,
+        kernel: Callable[[np.ndarray, np.ndarray, int], np.ndarray],
+        aligned: bool,
+    ) -> np.ndarray:
+        """``kernel(flat, ends, width)`` over the last ``width`` prices of every row's series.
 
-        A flat array holds, per segment, the series' ``width - 1`` previous prices (from its ring)
-        and then the new ones; van Herk blocks with Welford/Chan statistics do the rest.
+        Per segment, a flat array holds the series' ``width - 1`` previous prices (from its ring)
+        and then the new ones, so a window is summed from its own values whatever the batch.
+        ``aligned`` pads each segment so that blocks of ``width`` start at series positions that
+        are multiples of ``width``, the same blocks however the stream is cut. Segments go in
+        groups, so a long window over many symbols never builds one huge array.
         """
-        st, ring = self._state, self.shape.ring
-        lengths, segments, history = g.lengths, g.lengths.size, width - 1
-        at = np.arange(x.size) + np.repeat((np.arange(segments) + 1) * history, lengths)
-        flat = np.empty(x.size + segments * history)
-        flat[at] = x
-        if history:
-            before = g.seen[:, None] - history + np.arange(history)
-            held = st.prices[g.series[:, None], before % ring]
-            base = g.starts + np.arange(segments) * history
-            flat[(base[:, None] + np.arange(history)).ravel()] = np.where(before >= 0, held, 0.0).ravel()
-        variance = window_variance(flat, at, width)
-        variance[position < width - 1] = np.nan
-        return variance
+        st, ring, history = self._state, self.shape.ring, width - 1
+        lengths, seen = g.lengths, g.seen
+        lead = (seen - history) % width if aligned else np.zeros(lengths.size, dtype=np.int64)
+        span = lead + history + lengths
+        if aligned:
+            span = -(-span // width) * width
+        out = np.empty(x.size)
+        reach = np.cumsum(span)
+        first = 0
+        while first < lengths.size:
+            room = reach[first] - span[first] + _FLAT_LIMIT
+            stop = max(first + 1, int(np.searchsorted(reach, room, "right")))
+            part = slice(first, stop)
+            base = np.cumsum(span[part]) - span[part]
+            lo, hi = int(g.starts[first]), int(g.starts[stop - 1] + lengths[stop - 1])
+            flat = np.zeros(int(span[part].sum()))
+            offset = base + lead[part] + history - (g.starts[part] - lo)
+            at = np.repeat(offset, lengths[part]) + np.arange(hi - lo)
+            flat[at] = x[lo:hi]
+            if history:
+                steps = np.arange(history)
+                before = seen[part, None] - history + steps
+                held = np.take(st.prices.reshape(-1), (g.series[part] * ring)[:, None] + before % ring)
+                if int(seen[part].min()) < history:
+                    held[before < 0] = 0.0  # before the series' first record
+                flat[((base + lead[part])[:, None] + steps).reshape(-1)] = held.reshape(-1)
+            out[lo:hi] = kernel(flat, at, width)
+            first = stop
+        return out
 
     def _averages(
         self,
         g: _Rows,
         chosen: list[int],
         sources: dict[str, np.ndarray],
+        position: np.ndarray,
         bar_row: np.ndarray | None,
         averaged: dict[Average, np.ndarray],
-        new_warm: np.ndarray,
-        new_value: np.ndarray,
-    ) -> list[_Job]:
-        """Scan jobs for the chosen averages; their results land in ``averaged`` and ``new_value``."""
+        state: tuple[np.ndarray, np.ndarray, np.ndarray],
+    ) -> None:
+        """Scan the chosen averages together; results land in ``averaged``, the state in ``state``.
+
+        Every row of a series is in the scan, those before the seed as -0.0 (adding nothing), so
+        every average of a series shares its blocks and one call scans them all.
+        """
+        if not chosen:
+            return
+        warm, carry, partial = state
         lengths, seen = g.lengths, g.seen
-        jobs: list[_Job] = []
-        layouts: dict[bytes, tuple[ScanLayout, np.ndarray | None]] = {}
+        inputs: list[np.ndarray] = []
+        silent: list[np.ndarray] = []  # rows without a value yet
         for i in chosen:
             avg = self.averages[i]
             source = sources[avg.source]
-            warm_end = avg.start + avg.period  # series positions start .. warm_end-1 are summed
-            if bool(((seen < warm_end) & (seen + lengths > avg.start)).any()):
-                index = np.repeat(seen, lengths) + g.rank - avg.start
-                warming = (index >= 0) & (index < avg.period)
+            seed_at = avg.start + avg.period - 1  # the series position of the seed
+            before_seed = position < seed_at
+            if avg.bars_only:
+                before_seed = before_seed | (~bar_row if bar_row is not None else True)
+            if bool(((seen <= seed_at) & (seen + lengths > avg.start)).any()):
+                # the seed's sum, added one value at a time in stream order (np.add.at is sequential)
+                warming = (position >= avg.start) & (position <= seed_at)
                 if avg.bars_only:
                     warming &= bar_row if bar_row is not None else False
-                new_warm[i] += np.bincount(g.seg[warming], weights=source[warming], minlength=lengths.size)
-            head = np.clip(warm_end - 1 - seen, 0, lengths)  # rows before the seed
-            if avg.bars_only:
-                head = np.where(g.is_bar, head, lengths)
-            on_lengths = lengths - head
-            if not on_lengths.any():
-                averaged[avg] = np.full(g.rows.size, np.nan)
-                continue
-            key = head.tobytes()
-            if key not in layouts:
-                every = not head.any()
-                on = None if every else np.flatnonzero(g.rank >= np.repeat(head, lengths))
-                layouts[key] = (g.layout if every else ScanLayout(on_lengths), on)
-            layout, on = layouts[key]
-            on_starts = np.cumsum(on_lengths) - on_lengths
-            inputs = (source if on is None else source[on]) * avg.weight
-            seeded = seen - avg.start >= avg.period
-            # a series whose seed is in this batch starts from 0 with the seed as its input
-            seeding = ~seeded & (on_lengths > 0)
-            inputs[on_starts[seeding]] = new_warm[i, seeding] / avg.period
-            init = np.where(seeded, new_value[i], 0.0)
-            has = on_lengths > 0
-            ends = (on_starts + on_lengths - 1)[has]
-
-            def finish(
-                result: np.ndarray,
-                i: int = i,
-                on: np.ndarray | None = on,
-                ends: np.ndarray = ends,
-                has: np.ndarray = has,
-            ) -> None:
-                values = result
-                if on is not None:
-                    values = np.full(g.rows.size, np.nan)
-                    values[on] = result
-                averaged[self.averages[i]] = values
-                new_value[i, has] = result[ends]
-
-            jobs.append(_Job(layout, inputs, init, avg.decay, finish))
-        return jobs
-
-
-@dataclass
-class _Job:
-    """One channel of a scan: its layout, values, per-segment start, and where the result goes."""
-
-    layout: ScanLayout
-    values: np.ndarray
-    init: np.ndarray
-    decay: float
-    finish: Callable[[np.ndarray], None] | str
-    results: dict[str, np.ndarray] | None = None
-
-
-def _run(jobs: list[_Job], op: int) -> None:
-    """Scan the jobs, one call per layout with every job on it as a channel."""
-    groups: dict[int, list[_Job]] = {}
-    for job in jobs:
-        groups.setdefault(id(job.layout), []).append(job)
-    for members in groups.values():
-        values = [job.values for job in members]
-        init = np.stack([job.init for job in members])
-        decay = np.array([job.decay for job in members])
-        result = members[0].layout.scan(values, init, op, decay)
-        for c, job in enumerate(members):
-            if isinstance(job.finish, str):
-                assert job.results is not None
-                job.results[job.finish] = result[c]
-            else:
-                job.finish(result[c])
+                np.add.at(warm[i], g.seg[warming], source[warming])
+            values = source * avg.weight
+            values[before_seed] = -0.0
+            seeds = np.flatnonzero((position == seed_at) & ~before_seed)
+            values[seeds] = warm[i, g.seg[seeds]] / avg.period
+            inputs.append(values)
+            silent.append(before_seed)
+        decay = np.array([self.averages[i].decay for i in chosen])
+        result, carry_out, partial_out = g.layout.scan(inputs, carry[chosen], _LINEAR, decay, partial[chosen])
+        carry[chosen], partial[chosen] = carry_out, partial_out
+        for c, i in enumerate(chosen):
+            values = result[c]
+            values[silent[c]] = np.nan
+            averaged[self.averages[i]] = values
 
 
 # ---------------------------------------------------------------------------------------------
