@@ -18,7 +18,7 @@ from tradecli.indicators import IndicatorState, Spec
 from tradecli.records import normalise
 
 SPEC = Spec(
-    sma=(3,),
+    sma=(3, 34),  # 34: a long window, summed in blocks of its own length
     ema=(2, 4),
     rsi=(2, 3),
     volume_avg=(3,),

@@ -2,8 +2,9 @@
 
 :class:`IndicatorState` holds, for every series it has seen, what the next record needs and no more:
 rings of the last ``W`` prices and volumes (``W`` = the longest window), a carried integer sum per
-volume window, a warm-up sum and a scan carry per exponential average, and the session totals. That is
-O(longest period) per series, however long the stream. ``add(batch)`` updates the state from a whole
+volume window, a warm-up sum and a scan carry per exponential average, the last block's suffix
+sums per window over 32, and the session totals. That is O(longest period) per series, however
+long the stream. ``add(batch)`` updates the state from a whole
 record batch and returns the batch with the indicator columns; ``snapshot()`` / ``restore()``
 carry the state across restarts, as talipp's indicators carry theirs across ``add`` calls.
 
@@ -17,8 +18,9 @@ operations in the same order, whatever the cuts):
 * Window sums (SMA, the middle band): every row's window is summed afresh from its own values,
   the first ones read from the series' ring, so nothing drifts and no other symbol's magnitude
   leaks in. Windows up to 32 are added value by value; longer ones use van Herk/Gil-Werman blocks
-  of the window length, placed at fixed series positions. Bollinger variance uses the same blocks
-  with Welford/Chan statistics. Volume sums are integers, exact.
+  of the window length at fixed series positions (a window is a suffix of one block plus a
+  prefix of the next; the last whole block's suffix sums are kept in the state). Bollinger
+  variance uses such blocks with Welford/Chan statistics. Volume sums are integers, exact.
 * EMA, Wilder's RSI and ATR, the MACD lines and the session's price x volume are linear
   recurrences ``y = a*y' + b`` per series (``a = 1`` for a running sum). They run as a blocked
   segmented scan: blocks of 16 values at fixed stream positions, each solved in closed form with a
@@ -590,7 +592,8 @@ def _averages(spec: Spec) -> list[Average]:
 # The state
 
 
-_PER_INDICATOR = frozenset({"warm", "carry", "partial", "volume_sums"})  # (indicators, series) arrays
+# (indicators, series) arrays; the others are (series, ...)
+_PER_INDICATOR = frozenset({"warm", "carry", "partial", "volume_sums", "block_carry", "block_partial"})
 
 
 @dataclass
@@ -605,6 +608,9 @@ class _Arrays:
     prices: np.ndarray  # (series, W) ring of prices (bar closes)
     volumes: np.ndarray  # (series, Wv) ring of volumes, int64
     volume_sums: np.ndarray  # (volume windows, series): sum of the last n volumes, int64 (exact)
+    block_carry: np.ndarray  # (long windows, series): the running sum of the current n-block (scan carry)
+    block_partial: np.ndarray  # and its partial sum (see ScanLayout.scan)
+    suffixes: np.ndarray  # (series, sum of long n): per long window, the last whole n-block's suffix sums
     warm: np.ndarray  # (averages, series): sum of inputs while warming up
     carry: np.ndarray  # (averages, series): the average before the last record's scan block
     partial: np.ndarray  # (averages, series): the block's running sum so far (see ScanLayout.scan)
@@ -623,6 +629,9 @@ class _Arrays:
             prices=np.zeros((capacity, shape.ring)),
             volumes=np.zeros((capacity, shape.volume_ring), dtype=np.int64),
             volume_sums=np.zeros((shape.volume_windows, capacity), dtype=np.int64),
+            block_carry=np.zeros((len(shape.long_windows), capacity)),
+            block_partial=np.full((len(shape.long_windows), capacity), -0.0),
+            suffixes=np.zeros((capacity, sum(shape.long_windows))),
             warm=np.zeros((shape.averages, capacity)),
             carry=np.zeros((shape.averages, capacity)),
             partial=np.full((shape.averages, capacity), -0.0),
@@ -654,6 +663,7 @@ class _Arrays:
 @dataclass(frozen=True)
 class _Shape:
     ring: int
+    long_windows: tuple[int, ...]  # windows summed in blocks of their own length (over _DIRECT_WINDOW)
     volume_ring: int
     volume_windows: int
     averages: int
@@ -689,6 +699,7 @@ class IndicatorState:
         self.windows = tuple(dict.fromkeys([*self.spec.sma, *(n for n, _ in self.spec.bbands)]))
         self.shape = _Shape(
             ring=max([*self.windows, 1]),
+            long_windows=tuple(n for n in self.windows if n > _DIRECT_WINDOW),
             volume_ring=max([*self.spec.volume_avg, 1]),
             volume_windows=len(self.spec.volume_avg),
             averages=len(self.averages),
@@ -936,8 +947,14 @@ class IndicatorState:
 
         # windowed sums: every row's window is summed afresh, its first values read from the ring
         smas: dict[int, np.ndarray] = {}
+        long_commits: list[Callable[[], None]] = []
         for width in self.windows:
-            sma = self._windowed(g, x, width, window_sums, aligned=width > _DIRECT_WINDOW) / width
+            if width > _DIRECT_WINDOW:
+                sums, long_commit = self._long_sums(g, x, position, width)
+                long_commits.append(long_commit)
+            else:
+                sums = self._windowed(g, x, width, window_sums, aligned=False)
+            sma = sums / width
             sma[position < width - 1] = np.nan
             smas[width] = sma
         for width in spec.sma:
@@ -1072,6 +1089,8 @@ class IndicatorState:
 
         def commit() -> None:
             series = g.series
+            for long_commit in long_commits:
+                long_commit()
             st.count[series] += lengths
             st.prices[series_row[kept], position[kept] % ring] = x[kept]
             st.volumes[series_row[kept_volume], position[kept_volume] % volume_ring] = vol[kept_volume]
@@ -1089,6 +1108,80 @@ class IndicatorState:
             st.low[series] = -extremes_end[1, last_run] + 0.0
 
         return out, cum_v, commit
+
+    def _long_sums(
+        self, g: _Rows, x: np.ndarray, position: np.ndarray, width: int
+    ) -> tuple[np.ndarray, Callable[[], None]]:
+        """Sums of long windows in van Herk blocks of ``width`` at fixed series positions.
+
+        A window ending at ``p`` is the suffix sum of the block before ``p``'s (from the window's
+        first value to that block's end) plus the prefix sum of ``p``'s block: two numbers a row.
+        Prefix sums run as a scan per block (its carry kept in the state when a batch ends inside
+        the block); a block's suffix sums are computed once, when its last value arrives, and the
+        last whole block's are kept in the state. So each row costs O(1), not O(width), whatever
+        the batches, and the sums are the same to the last bit.
+        """
+        st, ring = self._state, self.shape.ring
+        j = self.shape.long_windows.index(width)
+        offset = sum(self.shape.long_windows[:j])
+        lengths, seen, series, total = g.lengths, g.seen, g.series, x.size
+        step = position % width
+        # prefix sums: one scan piece per segment and block
+        flags = step == 0
+        flags[g.starts] = True
+        piece_first = np.flatnonzero(flags)
+        piece_lengths = np.diff(np.append(piece_first, total))
+        piece_series = series[g.seg[piece_first]]
+        fresh = step[piece_first] == 0
+        (prefix,), carry_end, partial_end = ScanLayout(piece_lengths, step[piece_first]).scan(
+            [x],
+            np.where(fresh, 0.0, st.block_carry[j, piece_series])[None, :],
+            _LINEAR,
+            partial=st.block_partial[j, piece_series][None, :],
+        )
+        # suffix sums of the blocks whose last value is in this batch, from the block's end
+        closing = np.flatnonzero(step == width - 1)
+        if closing.size:
+            segment = g.seg[closing]
+            at = (position[closing] - (width - 1))[:, None] + np.arange(width)
+            here = at >= seen[segment, None]
+            values = np.empty(at.shape)
+            rows = (g.starts[segment] - seen[segment])[:, None] + at
+            values[here] = x[rows[here]]
+            held = (series[segment, None] * ring + at % ring)[~here]
+            values[~here] = np.take(st.prices.reshape(-1), held)
+            suffix = np.cumsum(values[:, ::-1], axis=1)[:, ::-1]  # accumulate is sequential
+        # each row's window: the suffix part, then the prefix part
+        out = np.full(total, np.nan)
+        first = position - (width - 1)
+        whole = np.flatnonzero((first >= 0) & (first % width == 0))
+        out[whole] = prefix[whole]
+        split = np.flatnonzero((first >= 0) & (first % width != 0))
+        if split.size:
+            segment = g.seg[split]
+            before = position[split] // width - 1  # the block that holds the window's first value
+            first_block = seen[segment] // width
+            kept = before < first_block  # whole before this batch: its suffix sums are in the state
+            tail = np.empty(split.size)
+            tail[kept] = st.suffixes[series[segment[kept]], offset + first[split[kept]] % width]
+            new = np.flatnonzero(~kept)
+            if new.size:
+                per_segment = np.bincount(g.seg[closing], minlength=lengths.size)
+                done_before = np.cumsum(per_segment) - per_segment
+                index = done_before[segment[new]] + before[new] - first_block[new]
+                tail[new] = suffix[index, first[split[new]] % width]
+            out[split] = tail + prefix[split]
+        last_piece = np.flatnonzero(np.append(g.seg[piece_first][1:] != g.seg[piece_first][:-1], True))
+
+        def commit() -> None:
+            st.block_carry[j, series] = carry_end[0, last_piece]
+            st.block_partial[j, series] = partial_end[0, last_piece]
+            if closing.size:
+                last_closing = np.flatnonzero(np.append(g.seg[closing][1:] != g.seg[closing][:-1], True))
+                owners = series[g.seg[closing[last_closing]]]
+                st.suffixes[owners, offset : offset + width] = suffix[last_closing]
+
+        return out, commit
 
     def _windowed(
         self,
