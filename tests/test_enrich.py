@@ -15,7 +15,15 @@ import pyarrow as pa
 import pytest
 from enrich_helpers import assert_same_bits
 
-from tradecli.indicators import IndicatorState, SessionClock, Spec, seg_cumsum_int, seg_scan, window_sums
+from tradecli.indicators import (
+    IndicatorState,
+    ScanLayout,
+    SessionClock,
+    Spec,
+    seg_cumsum_int,
+    seg_scan,
+    window_sums,
+)
 from tradecli.records import normalise
 
 talib = pytest.importorskip("talib")
@@ -405,6 +413,36 @@ def test_seg_scan_matches_a_loop(seed: int) -> None:
                 want[j] = y
             at += length
         np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("segments", [1, 3, 40])  # few segments: the chain's Python tail; many: vector steps
+@pytest.mark.parametrize(("op", "a"), [(0, 1.0), (0, 0.8), (0, 1 / 3), (0, 0.0), (1, 1.0), (2, 1.0)])
+def test_scan_split_anywhere_gives_the_same_bits(segments: int, op: int, a: float) -> None:
+    """Each segment scanned whole, or in two calls handing on (carry, partial): the same bits."""
+    rng = np.random.default_rng(segments)
+    lengths = rng.integers(1, 300, segments)
+    values = rng.normal(size=int(lengths.sum()))
+    start = rng.normal(size=(1, segments))
+    zero = np.zeros(segments, dtype=np.int64)
+    decay = np.array([a])
+    whole, carry, partial = ScanLayout(lengths, zero).scan(
+        [values], start, op, decay, np.full((1, segments), -0.0)
+    )
+    cut = rng.integers(0, lengths + 1)
+    rank = np.arange(values.size) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    head = rank < np.repeat(cut, lengths)
+    first, carry1, partial1 = ScanLayout(cut, zero).scan(
+        [values[head]], start, op, decay, np.full((1, segments), -0.0)
+    )
+    second, carry2, partial2 = ScanLayout(lengths - cut, cut).scan(
+        [values[~head]], carry1, op, decay, partial1
+    )
+    joined = np.empty_like(values)
+    joined[head], joined[~head] = first[0], second[0]
+    assert np.array_equal(joined.view(np.int64), whole[0].view(np.int64))
+    assert np.array_equal(carry2.view(np.int64), carry.view(np.int64))
+    if op == 0:
+        assert np.array_equal(partial2.view(np.int64), partial.view(np.int64))
 
 
 def test_seg_cumsum_int_is_exact() -> None:
