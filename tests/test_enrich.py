@@ -739,5 +739,8 @@ def test_restore_refuses_other_indicators_and_garbage() -> None:
     for bad in (b"", b"hello", data[:40], data[: len(data) // 2]):
         with pytest.raises(ValueError):
             IndicatorState(Spec()).restore(bad)
+    first_format = data.replace(b'"version":2', b'"version":1', 1)  # before the exact scans
+    with pytest.raises(ValueError, match="version 1 is not 2"):
+        IndicatorState(Spec()).restore(first_format)
     other_session = IndicatorState(Spec(session_start="09:30", timezone="Europe/London"))
     other_session.restore(data)  # sessions may change between runs
