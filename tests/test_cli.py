@@ -76,6 +76,35 @@ def test_json_log_format() -> None:
     assert first["field"] == "price"
 
 
+def test_usage_errors_follow_the_json_log_format() -> None:
+    """A usage error is one JSON object too, whether asked for by option or environment."""
+    for args, env in (
+        (["enrich", "--sma", "x", "--log-format", "json"], None),
+        (["store", "query", "--bogus", "--log-format=json"], None),
+        (["enrich", "--bogus"], {"TRADE_LOG_FORMAT": "json"}),
+    ):
+        result = invoke(args, env=env)
+        assert result.exit_code == 2
+        [line] = result.stderr.splitlines()
+        entry = orjson.loads(line)
+        assert entry["level"] == "error"
+        assert entry["stage"] == " ".join(word for word in args[:2] if not word.startswith("-"))
+        assert entry["usage"].startswith(f"trade {entry['stage']} [OPTIONS]")
+    assert (
+        "Invalid value for --sma"
+        in orjson.loads(invoke(["enrich", "--sma", "x", "--log-format", "json"]).stderr)["msg"]
+    )
+    text = invoke(["enrich", "--bogus"])
+    assert text.exit_code == 2 and "Usage: trade enrich" in text.stderr and "{" not in text.stderr
+    # the JSON path keeps every exit status and the help
+    strict = invoke(
+        ["ingest", "--source", "file", "-", "--strict", "--log-format", "json"], input=b'{"price": "x"}\n'
+    )
+    assert strict.exit_code == 65
+    helped = invoke(["enrich", "-h", "--log-format", "json"])
+    assert helped.exit_code == 0 and "Usage: trade enrich" in helped.stdout
+
+
 def test_readme_quick_start_is_two_commands() -> None:
     readme = (ROOT / "README.md").read_text()
     quick = readme.split("## Quick start", 1)[1].split("##", 1)[0]

@@ -12,10 +12,12 @@ from typing import Annotated
 import typer
 
 from tradecli import __version__
+from tradecli.groups import TradeGroup
 from tradecli.stages import STAGES, command_name
 
 app = typer.Typer(
     name="trade",
+    cls=TradeGroup,
     help="A real-time market-data pipeline assembled in the shell.\n\n"
     "Example: trade ingest --source sim | trade enrich | trade screen | trade alert",
     no_args_is_help=True,

@@ -1,4 +1,9 @@
-"""Command groups whose bare form runs a default command, as ``git stash`` runs ``git stash push``.
+"""The ``trade`` group, and groups whose bare form runs a default command (``git stash`` style).
+
+:class:`TradeGroup` is the root: with ``--log-format json`` (or ``TRADE_LOG_FORMAT=json``) a usage
+error is one JSON object on stderr too, so a log collector never meets a stray text block.
+
+:class:`DefaultCommandGroup` runs a default command, as ``git stash`` runs ``git stash push``.
 
 ``trade store PATH`` writes and ``trade store query PATH`` reads: the first word after the group
 names a subcommand when it is one, and is otherwise handed to the group's default command (the one
@@ -12,9 +17,64 @@ so the bare form and the group are documented on one page.
 
 from __future__ import annotations
 
+import os
+import sys
+from collections.abc import Sequence
 from typing import Any
 
 from typer.core import TyperCommand, TyperGroup
+
+LOG_FORMAT_ENV = "TRADE_LOG_FORMAT"
+
+
+def log_format(words: Sequence[str]) -> str:
+    """The log format a command line asks for: its last ``--log-format``, else the environment's."""
+    chosen: str | None = None
+    for i, word in enumerate(words):
+        if word == "--":
+            break
+        if word == "--log-format" and i + 1 < len(words):
+            chosen = words[i + 1]
+        elif word.startswith("--log-format="):
+            chosen = word.partition("=")[2]
+    return (chosen if chosen is not None else os.environ.get(LOG_FORMAT_ENV, "text")).lower()
+
+
+class TradeGroup(TyperGroup):
+    """The root group: usage errors follow ``--log-format json`` as every other diagnostic does."""
+
+    def main(  # type: ignore[override]
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
+        words = list(sys.argv[1:] if args is None else args)
+        if not standalone_mode or log_format(words) != "json":
+            return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        from typer import Abort
+        from typer._click.exceptions import ClickException, NoArgsIsHelpError
+
+        from tradecli.log import Log
+
+        try:
+            status = super().main(words, prog_name, complete_var, False, **extra)
+        except NoArgsIsHelpError as err:  # not an error: the help a bare command asks for
+            err.show()
+            sys.exit(err.exit_code)
+        except ClickException as err:
+            context = getattr(err, "ctx", None)
+            path = context.command_path if context is not None else (prog_name or "trade")
+            stage = path.partition(" ")[2] or path
+            usage = context.get_usage().removeprefix("Usage: ") if context is not None else None
+            Log(stage, fmt="json").error(err.format_message(), usage=usage)
+            sys.exit(err.exit_code)
+        except Abort:
+            Log(prog_name or "trade", fmt="json").error("aborted")
+            sys.exit(1)
+        sys.exit(status if isinstance(status, int) else 0)
 
 
 class DefaultCommand(TyperCommand):
