@@ -201,6 +201,20 @@ def test_arrow_bad_rows_are_reported_by_batch_and_row() -> None:
     )
 
 
+def test_arrow_strict_passes_on_every_good_record_before_the_bad_one() -> None:
+    """Small messages read together are still handed on when --strict stops at a later one."""
+    data = arrow_stream(
+        trades(["A"], [1.0]),
+        trades(["B"], [2.0]),
+        trades(["C", "D", "E"], [3.0, -1.0, 5.0]),
+        trades(["F"], [6.0]),
+    )
+    result = ingest_stdin(data, "--strict")
+    assert result.exit_code == 65
+    assert arrow_table(result.stdout_bytes).column("symbol").to_pylist() == ["A", "B", "C"]
+    assert "stdin batch 3 row 2: field 'price'" in result.stderr
+
+
 def test_truncated_arrow_message_keeps_the_whole_batches() -> None:
     data = arrow_stream(trades(["A"], [1.0]), trades(["B"], [2.0]), trades(["C"], [3.0]))
     result = ingest_stdin(data[:-30])

@@ -57,6 +57,7 @@ READ_CAP = 4 << 20  # bytes gathered into one NDJSON micro-batch at most
 LINGER_SECONDS = 0.002  # when the pipe was full, wait this long for more before parsing
 FINISH_QUIET = 0.2  # when stopping, the input counts as ended once the pipe is quiet this long
 FINISH_MAX = 1.0  # ... or this long after the stop at the most (a writer that goes on)
+JOIN_ROWS = 65_536  # small Arrow messages already waiting are handed on together, up to this many rows
 
 
 def _grow_pipe(fd: int) -> None:
@@ -209,6 +210,25 @@ class Input:
             parts.append(chunk)
             missing -= len(chunk)
         return b"".join(parts)
+
+    @property
+    def consumed(self) -> int:
+        """Bytes handed to the reader so far."""
+        return self.bytes_read - len(self._buffer)
+
+    def backlog(self) -> int:
+        """Bytes that are here already: readable now without waiting for the writer."""
+        if self._fd is None:
+            return 1 << 62  # an in-memory stream: all of it is here
+        try:
+            import fcntl
+            import struct
+            import termios
+
+            (waiting,) = struct.unpack("i", fcntl.ioctl(self._fd, termios.FIONREAD, b"\0\0\0\0"))
+        except (OSError, ImportError, ValueError):
+            waiting = 0
+        return len(self._buffer) + int(waiting)
 
     def read_available(self, cap: int = READ_CAP) -> bytes:
         """One micro-batch: block for the first bytes, then take whatever else is waiting."""
@@ -419,22 +439,56 @@ class RecordReader:
 
     # -- Arrow --------------------------------------------------------------------------------
     def _arrow_stream(self) -> Generator[pa.RecordBatch, None, bool]:
-        """One IPC stream; returns False when the input cannot go on after it."""
+        """One IPC stream; returns False when the input cannot go on after it.
+
+        A message is handed on as soon as nothing else is waiting, so a quiet stream keeps its
+        latency. When more messages are already in the pipe (a writer sending many small ones, or
+        a stage that fell behind), those are joined into one batch of up to JOIN_ROWS rows: each
+        batch costs a stage a fixed overhead, and a backlog of tiny ones would never clear. Only
+        the bytes that were there when the first was read are joined: a busy writer is never
+        chased, so no batch waits on messages that had not been sent yet.
+        """
         try:
             reader = pa.ipc.open_stream(self.input)
         except (pa.ArrowInvalid, OSError) as err:
             return self._unreadable(f"unreadable Arrow stream header ({err})")
+        held: list[pa.RecordBatch] = []  # checked batches that go on together
+        rows = 0
+        until = 0  # held messages are joined up to this input position: what was waiting
         while True:
+            if held and (rows >= JOIN_ROWS or self.input.consumed >= until):
+                yield _joined(held)
+                held, rows = [], 0
             if self.input.finish_due():
-                return False  # the stage is stopping: the input ends between two messages
-            try:
-                batch = reader.read_next_batch()
-            except StopIteration:
-                return True
-            except (pa.ArrowInvalid, OSError) as err:
-                return self._unreadable(f"truncated or corrupt Arrow message ({err})")
-            self._batch_no += 1
-            yield from self._checked(batch)
+                ended = False  # the stage is stopping: the input ends between two messages
+            else:
+                try:
+                    batch = reader.read_next_batch()
+                except StopIteration:
+                    ended = True
+                except (pa.ArrowInvalid, OSError) as err:
+                    if held:
+                        yield _joined(held)
+                    return self._unreadable(f"truncated or corrupt Arrow message ({err})")
+                else:
+                    self._batch_no += 1
+                    if not held:  # join what is here now, never what the writer sends later
+                        until = self.input.consumed + self.input.backlog()
+                    try:
+                        for good in self._checked(batch):
+                            if held and not good.schema.equals(held[0].schema):
+                                yield _joined(held)
+                                held, rows = [], 0
+                            held.append(good)
+                            rows += good.num_rows
+                    except Exception:  # --strict stopped at a bad record: what came before it goes on
+                        if held:
+                            yield _joined(held)
+                        raise
+                    continue
+            if held:
+                yield _joined(held)
+            return ended
 
     def _unreadable(self, reason: str) -> bool:
         """Report a damaged Arrow message as one bad batch; the stream cannot go on after it."""
@@ -467,6 +521,11 @@ class RecordReader:
 
 
 _END = object()
+
+
+def _joined(batches: list[pa.RecordBatch]) -> pa.RecordBatch:
+    """One batch of same-schema batches (dictionaries unified)."""
+    return batches[0] if len(batches) == 1 else pa.concat_batches(batches)
 
 
 class ReadCancelled(Exception):
