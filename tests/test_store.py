@@ -554,6 +554,21 @@ def test_row_groups_have_the_fixed_size(tmp_path: Path) -> None:
     ]
 
 
+def test_roll_rows_bounds_every_file_however_large_the_batches(tmp_path: Path) -> None:
+    rows = 1_000
+    batch = pa.record_batch(
+        {
+            "type": pa.array(["bar"] * rows).dictionary_encode(),
+            "symbol": pa.array(["X"] * rows).dictionary_encode(),
+            "timestamp": pa.array(OPEN_NS + np.arange(rows)).cast(pa.timestamp("ns", tz="UTC")),
+            "close": pa.array(np.ones(rows)),
+        }
+    )
+    w = store_all(tmp_path, [batch, batch.slice(0, 250)], roll_rows=300)
+    counts = [pq.read_metadata(path).num_rows for path in dataset_files(tmp_path)]
+    assert sorted(counts) == [50, 300, 300, 300, 300] and w.stored == 1_250
+
+
 def test_a_new_column_is_added_and_never_dropped(tmp_path: Path) -> None:
     def trade(ts: int, **extra: Any) -> dict[str, Any]:
         return {"type": "trade", "symbol": "AAPL", "timestamp": OPEN_NS + ts, "price": 1.0, **extra}

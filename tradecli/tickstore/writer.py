@@ -229,24 +229,35 @@ class StoreWriter:
         if batch.num_rows == 0:
             return
         with self._lock:
-            for part in self.registry.admit(batch, self.reject):
-                segment = self._segment or self._open_segment()
-                try:
-                    segment.append(part)
-                except OSError as err:
-                    segment.abandon()
-                    self._segment = None
-                    raise StoreError(f"cannot append to {segment.path}: {err.strerror or err}") from err
-                self.written += part.num_rows
-                if self.options.fsync == "batch":
-                    self.stored += self._sync(segment)
-                elif self.options.fsync == "interval":
-                    if time.monotonic() - segment.last_sync >= self.options.fsync_interval:
+            for admitted in self.registry.admit(batch, self.reject):
+                for part in self._up_to_roll(admitted):
+                    segment = self._segment or self._open_segment()
+                    try:
+                        segment.append(part)
+                    except OSError as err:
+                        segment.abandon()
+                        self._segment = None
+                        raise StoreError(f"cannot append to {segment.path}: {err.strerror or err}") from err
+                    self.written += part.num_rows
+                    if self.options.fsync == "batch":
                         self.stored += self._sync(segment)
-                else:
-                    self.stored += part.num_rows
-                if segment.rows >= self.options.roll_rows or segment.size >= ROLL_BYTES:
-                    self._rotate()
+                    elif self.options.fsync == "interval":
+                        if time.monotonic() - segment.last_sync >= self.options.fsync_interval:
+                            self.stored += self._sync(segment)
+                    else:
+                        self.stored += part.num_rows
+                    if segment.rows >= self.options.roll_rows or segment.size >= ROLL_BYTES:
+                        self._rotate()
+
+    def _up_to_roll(self, batch: pa.RecordBatch) -> Iterator[pa.RecordBatch]:
+        """The batch in pieces that fill the open segment to --roll-rows and no further, so a file
+        holds at most that many records however large the input's batches are."""
+        offset = 0
+        while offset < batch.num_rows:
+            held = self._segment.rows if self._segment is not None else 0
+            piece = batch.slice(offset, max(self.options.roll_rows - held, 1))
+            offset += piece.num_rows
+            yield piece
 
     def _sync(self, segment: wal.Segment) -> int:
         try:
