@@ -124,6 +124,15 @@ def test_ids_and_console_lines_match_the_per_alert_path(case: tuple[list[dict[st
         )
 
 
+def both_paths(channel: Any, batch: pa.RecordBatch) -> tuple[list[str], list[str]]:
+    """The channel's previews rendered a column at a time, and alert by alert."""
+    per_alert = [
+        channel.preview(channel.render(r, i))
+        for r, i in zip(to_records(batch), alert_ids(batch)[0], strict=True)
+    ]
+    return channel.preview_column(Chunk(batch, small=False)).to_pylist(), per_alert
+
+
 @SETTINGS
 @given(batches, st.sampled_from([None, "Desk @everyone", "x" * 200]))
 def test_discord_payloads_match_the_per_alert_path(
@@ -133,11 +142,7 @@ def test_discord_payloads_match_the_per_alert_path(
     batch = wire_batch(records, drop)
     channel = discord_channel.from_target(None, Settings(dry_run=True))
     channel.username, channel.avatar_url = username, "https://example.com/a.png" if username else None
-    expected = [
-        channel.preview(channel.render(r, i))
-        for r, i in zip(to_records(batch), alert_ids(batch)[0], strict=True)
-    ]
-    got = channel.preview_column(Chunk(batch, small=False)).to_pylist()
+    got, expected = both_paths(channel, batch)
     assert got == expected
     for text in got:
         assert not discord_problems(orjson.loads(text))
@@ -149,11 +154,7 @@ def test_slack_payloads_match_the_per_alert_path(case: tuple[list[dict[str, Any]
     records, drop = case
     batch = wire_batch(records, drop)
     channel = slack_channel.from_target(None, Settings(dry_run=True))
-    expected = [
-        channel.preview(channel.render(r, i))
-        for r, i in zip(to_records(batch), alert_ids(batch)[0], strict=True)
-    ]
-    got = channel.preview_column(Chunk(batch, small=False)).to_pylist()
+    got, expected = both_paths(channel, batch)
     assert got == expected
     for text in got:
         assert slack_problems(orjson.loads(text)) is None
@@ -184,12 +185,8 @@ def test_email_messages_match_the_per_alert_path(
     records, drop = case
     batch = wire_batch(records, drop)
     channel = email_channel.Email(["desk@example.com"], Settings(dry_run=True, subject=subject))
-    expected = [
-        undated(channel.preview(channel.render(r, i)))
-        for r, i in zip(to_records(batch), alert_ids(batch)[0], strict=True)
-    ]
-    got = [undated(text) for text in channel.preview_column(Chunk(batch, small=False)).to_pylist()]
-    assert got == expected
+    got, expected = both_paths(channel, batch)
+    assert [undated(text) for text in got] == [undated(text) for text in expected]
 
 
 SAMPLE = [

@@ -584,7 +584,7 @@ def invalid(data: pa.Array | pa.RecordBatch) -> str | None:
     the layout, so text that is not UTF-8 or a dictionary index out of range gets through it."""
     try:
         data.validate(full=True)
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as err:
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as err:  # malformed, or unreadable
         return str(err)
     return None
 

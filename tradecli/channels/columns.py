@@ -83,6 +83,7 @@ class Distinct:
             try:
                 col = col.dictionary_encode()
             except (pa.ArrowNotImplementedError, pa.ArrowInvalid, pa.ArrowTypeError):
+                # a type Arrow cannot dictionary-encode (a struct, say): every row its own value
                 self.values = column_values(col)
                 self.indices = from_numpy(np.arange(len(col), dtype=np.int32))
                 return
